@@ -1,0 +1,27 @@
+"""guide_jax: GUIDE (Guided Initialization and Distillation of Embeddings) in JAX/Flax."""
+import setuptools
+
+setuptools.setup(
+    name="guide_jax",
+    version="0.1.0",
+    description="Initialize a small LM from a large one in parameter space (GUIDE), then pretrain it.",
+    packages=setuptools.find_packages(include=["guide_jax", "guide_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.6",
+        "numpy>=1.26",
+        "absl-py",
+        "gin-config>=0.5",
+        "sentencepiece>=0.2",
+        "seqio>=0.0.19",
+        "tensorboardX",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "scikit-learn", "safetensors"],
+    },
+)
