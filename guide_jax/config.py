@@ -1,0 +1,74 @@
+"""ModelConfig: the shape of a decoder-only transformer, frozen and validated."""
+import dataclasses
+
+POSITION_EMBEDDINGS = ("rope", "relpos")
+MLP_ACTIVATIONS = ("gelu", "silu", "relu")
+DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyperparameters of guide_jax.model.Transformer (t5x decoder-only layout).
+
+  d_model (d), n_layers (n), n_heads (h), head_dim (l), mlp_dim (f), vocab_size (V).
+  position_embedding: 'rope' (rotate-half RoPE) or 'relpos' (t5x's T5 relative biases).
+  dtype: activation dtype; params are always stored in param_dtype (float32).
+  """
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  head_dim: int
+  mlp_dim: int
+  tie_embeddings: bool = True
+  position_embedding: str = "rope"
+  rope_theta: float = 10000.0
+  relpos_buckets: int = 32
+  relpos_max_distance: int = 128
+  mlp_activation: str = "gelu"
+  norm_eps: float = 1e-6
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: str = "none"
+  attention_impl: str = "xla"  # passed to jax.nn.dot_product_attention ('xla' | 'cudnn')
+
+  def __post_init__(self):
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_dim"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+    _check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
+    _check_choice("mlp_activation", self.mlp_activation, MLP_ACTIVATIONS)
+    _check_choice("dtype", self.dtype, DTYPES)
+    _check_choice("param_dtype", self.param_dtype, DTYPES)
+    _check_choice("remat", self.remat, REMAT_POLICIES)
+    _check_choice("attention_impl", self.attention_impl, ("xla", "cudnn"))
+    if self.position_embedding == "rope" and self.head_dim % 2:
+      raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def num_params(self) -> int:
+    """Parameter count (embedding included once when tied)."""
+    d, h, l, f, v = self.d_model, self.n_heads, self.head_dim, self.mlp_dim, self.vocab_size
+    block = 4 * d * h * l + 3 * d * f + 2 * d
+    extra = (self.n_heads * self.relpos_buckets) if self.position_embedding == "relpos" else 0
+    return v * d * (1 if self.tie_embeddings else 2) + self.n_layers * block + d + extra
+
+  def train_flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token: 6 * (matmul params) + 12 * n * h * l * seq_len (attention)."""
+    return 3 * self.forward_flops_per_token(seq_len)
+
+  def forward_flops_per_token(self, seq_len: int) -> float:
+    """Forward FLOPs per token: 2 * (matmul params incl. output layer) + 4 * n * h * l * seq_len."""
+    d, h, l, f, v = self.d_model, self.n_heads, self.head_dim, self.mlp_dim, self.vocab_size
+    matmul_params = self.n_layers * (4 * d * h * l + 3 * d * f) + d * v
+    return 2 * matmul_params + 4 * self.n_layers * h * l * seq_len
+
+
+def _check_choice(name, value, choices):
+  if value not in choices:
+    raise ValueError(f"ModelConfig.{name} must be one of {choices}, got {value!r}")

@@ -1,0 +1,48 @@
+"""Mesh construction and t5x-style logical-axis rules (logical names -> mesh axes 'data', 'model')."""
+from typing import Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+# t5x's standard rules for 1D model parallelism (t5x/partitioning.py standard_logical_axis_rules).
+LOGICAL_AXIS_RULES: Tuple[Tuple[str, Optional[str]], ...] = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("embed", None),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("joined_kv", "model"),
+    ("relpos_buckets", None),
+    ("length", None),
+)
+
+
+def make_mesh(model_parallel: int = 1, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A ('data', 'model') mesh over all (or the given) devices; data = num_devices / model_parallel."""
+  devices = list(jax.devices() if devices is None else devices)
+  if model_parallel < 1 or len(devices) % model_parallel:
+    raise ValueError(f"model_parallel={model_parallel} must divide the device count {len(devices)}")
+  grid = np.array(devices).reshape(len(devices) // model_parallel, model_parallel)
+  return Mesh(grid, ("data", "model"))
+
+
+def logical_to_sharding(logical_specs, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+  """Tree of logical PartitionSpecs -> tree of NamedShardings on `mesh`."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """[B, T] arrays: batch split over 'data', replicated over 'model'."""
+  return NamedSharding(mesh, P("data", None))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def rows_sharding(mesh: Mesh) -> NamedSharding:
+  """[V, d] tables with the row (vocab) axis split over every mesh axis."""
+  return NamedSharding(mesh, P(tuple(mesh.axis_names), None))

@@ -1,0 +1,64 @@
+"""Checks run before any GUIDE compute: dimensions, tree structure, finiteness."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from flax.core import unfreeze
+
+from guide_jax import model
+from guide_jax.config import ModelConfig
+
+
+def check_dimensions(teacher: ModelConfig, student: ModelConfig) -> None:
+  """Raise ValueError naming every dimension where the student is not <= the teacher."""
+  problems = []
+  if student.vocab_size != teacher.vocab_size:
+    problems.append(f"vocab_size: student {student.vocab_size} != teacher {teacher.vocab_size} "
+                    "(teacher and student must share the tokenizer)")
+  for name, sym in (("d_model", "d"), ("n_heads", "h"), ("head_dim", "l"), ("mlp_dim", "f"),
+                    ("n_layers", "n")):
+    s, t = getattr(student, name), getattr(teacher, name)
+    if s > t:
+      problems.append(f"{name}: student {sym}_S={s} > teacher {sym}_T={t}")
+  for name in ("position_embedding", "mlp_activation"):
+    if getattr(student, name) != getattr(teacher, name):
+      problems.append(f"{name}: student {getattr(student, name)!r} != teacher {getattr(teacher, name)!r}")
+  if problems:
+    raise ValueError("GUIDE needs a student no larger than its teacher: " + "; ".join(problems))
+
+
+def flatten(params) -> dict:
+  """Nested dict (or FrozenDict) of arrays -> {'a/b/c': array}."""
+  return traverse_util.flatten_dict(unfreeze(params), sep="/")
+
+
+def check_tree(params, config: ModelConfig, name: str = "params") -> None:
+  """Raise ValueError if `params` lacks a key of, or has a wrong shape for, config's model tree."""
+  if not hasattr(params, "keys"):
+    raise ValueError(f"{name} must be a nested dict of arrays, got {type(params).__name__}")
+  expected = flatten(model.param_shapes(config))
+  got = flatten(params)
+  missing = sorted(set(expected) - set(got))
+  if missing:
+    more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+    raise ValueError(f"{name} is missing {len(missing)} key(s) for its config: "
+                     f"{', '.join(missing[:5])}{more}")
+  wrong = [f"{k}: {tuple(np.shape(got[k]))} != expected {expected[k].shape}"
+           for k in sorted(expected) if tuple(np.shape(got[k])) != expected[k].shape]
+  if wrong:
+    raise ValueError(f"{name} has wrong shapes for its config: " + "; ".join(wrong[:5]))
+
+
+@jax.jit
+def _all_finite(leaves):
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def check_finite(params, name: str = "params") -> None:
+  """Raise ValueError naming each leaf of `params` that holds NaN or Inf."""
+  flat = flatten(params)
+  keys = sorted(k for k, v in flat.items() if jnp.issubdtype(jnp.result_type(v), jnp.inexact))
+  ok = np.asarray(_all_finite([flat[k] for k in keys]))
+  bad = [k for k, good in zip(keys, ok) if not good]
+  if bad:
+    raise ValueError(f"{name} holds NaN or Inf in: {', '.join(bad[:5])}")

@@ -1,0 +1,241 @@
+"""GUIDE transforms: PCA, uniform selection, guide_init exactness and input errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from guide_jax import model, sharding
+from guide_jax.config import ModelConfig
+from guide_jax.transforms import (covariance, guide_init, pca_embedding, select_layers,
+                                  uniform_indices, uniform_select)
+
+TEACHER = ModelConfig(vocab_size=96, d_model=32, n_layers=4, n_heads=4, head_dim=8, mlp_dim=64)
+STUDENT = TEACHER.replace(d_model=16, n_layers=2, n_heads=2, head_dim=4, mlp_dim=32)
+
+
+def numpy_pca(table, k):
+  """Reference: SVD of the centered table."""
+  centered = table - table.mean(0)
+  _, s, vt = np.linalg.svd(centered.astype(np.float64), full_matrices=False)
+  return vt[:k].T, (s ** 2 / np.sum(s ** 2))[:k]
+
+
+def aligned(a, b):
+  """Flip b's column signs to match a (components are defined up to sign)."""
+  return b * np.sign(np.sum(a * b, axis=0))
+
+
+@pytest.mark.parametrize("shape,k", [((200, 24), 8), ((97, 16), 16), ((500, 40), 5)])
+def test_pca_matches_numpy_svd(shape, k):
+  rng = np.random.default_rng(0)
+  table = (rng.normal(size=shape) * np.linspace(3, 0.1, shape[1]) + rng.normal(size=shape[1])).astype(np.float32)
+  result = pca_embedding(table, k)
+  ref_components, ref_ratio = numpy_pca(table, k)
+  m = np.asarray(result.components)
+  np.testing.assert_allclose(m, aligned(m, ref_components), atol=2e-4)
+  np.testing.assert_allclose(result.explained_variance_ratio, ref_ratio, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(m.T @ m, np.eye(k), atol=1e-5)
+  np.testing.assert_allclose(result.embedding, table @ m, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(result.mean, table.mean(0), atol=1e-5)
+  # Deterministic sign: each column's largest-magnitude entry is positive.
+  assert np.all(m[np.argmax(np.abs(m), 0), np.arange(k)] > 0)
+
+
+def test_pca_matches_sklearn_and_centered_variant():
+  decomposition = pytest.importorskip("sklearn.decomposition")
+  table = np.random.default_rng(1).normal(size=(300, 20)).astype(np.float32) * np.arange(1, 21)
+  result = pca_embedding(table, 6, center=True)
+  ref = decomposition.PCA(n_components=6, svd_solver="full").fit(table)
+  m = np.asarray(result.components)
+  np.testing.assert_allclose(m, aligned(m, ref.components_.T), atol=2e-4)
+  np.testing.assert_allclose(result.explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-4)
+  np.testing.assert_allclose(np.abs(result.embedding), np.abs(ref.transform(table)), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("model_parallel,num_rows", [(1, 256), (2, 256), (4, 203)])
+def test_sharded_pca_equals_unsharded(model_parallel, num_rows):
+  assert jax.device_count() == 8, "conftest sets 8 CPU devices"
+  mesh = sharding.make_mesh(model_parallel)
+  table = np.random.default_rng(2).normal(size=(num_rows, 32)).astype(np.float32) * np.linspace(2, 0.2, 32)
+  sharded, plain = pca_embedding(table, 12, mesh=mesh), pca_embedding(table, 12)
+  # Equal up to float32 summation order (the sharded covariance adds per-device partials).
+  np.testing.assert_allclose(sharded.components, plain.components, atol=5e-5)
+  np.testing.assert_allclose(sharded.explained_variance_ratio, plain.explained_variance_ratio, rtol=1e-5)
+  np.testing.assert_allclose(sharded.embedding, plain.embedding, atol=2e-4)
+  np.testing.assert_allclose(sharded.mean, plain.mean, atol=1e-6)
+
+
+def test_sharded_covariance_keeps_table_sharded():
+  mesh = sharding.make_mesh(2)
+  vocab, dim = 1024, 32
+  table = jax.device_put(jnp.ones((vocab, dim), jnp.float32), sharding.rows_sharding(mesh))
+  compiled = covariance.lower(table, vocab).compile()
+  (table_sharding,), _ = compiled.input_shardings
+  assert table_sharding.spec == jax.sharding.PartitionSpec(("data", "model"), None)
+  # Each device's argument is its 1/8 of the table; the HLO only all-reduces the [d, d] partials.
+  assert compiled.memory_analysis().argument_size_in_bytes == vocab * dim * 4 // 8
+  hlo = compiled.as_text()
+  assert "all-gather" not in hlo and "all-reduce" in hlo
+
+
+def test_uniform_indices_documented_rule():
+  np.testing.assert_array_equal(uniform_indices(8, 4), [0, 2, 4, 6])
+  np.testing.assert_array_equal(uniform_indices(12, 3), [0, 4, 8])
+  np.testing.assert_array_equal(uniform_indices(10, 4), [0, 3, 6, 9])  # round(linspace(0, 9, 4))
+  np.testing.assert_array_equal(uniform_indices(7, 3), [0, 3, 6])
+  np.testing.assert_array_equal(uniform_indices(5, 5), np.arange(5))
+  with pytest.raises(ValueError, match="cannot select 6 of 5"):
+    uniform_indices(5, 6)
+
+
+def test_uniform_select_axis_by_axis_keeps_heads():
+  kernel = np.arange(8 * 4 * 6).reshape(8, 4, 6)  # [d, h, l]
+  out = np.asarray(uniform_select(kernel, (4, 2, 4)))
+  np.testing.assert_array_equal(out, kernel[[0, 2, 4, 6]][:, [0, 2]][:, :, [0, 2, 3, 5]])
+  with pytest.raises(ValueError, match="rank mismatch"):
+    uniform_select(kernel, (4, 2))
+
+
+def test_layer_selection():
+  np.testing.assert_array_equal(select_layers(12, 4, "first_n"), [0, 1, 2, 3])
+  np.testing.assert_array_equal(select_layers(12, 4, "uniform"), [0, 3, 6, 9])
+  np.testing.assert_array_equal(select_layers(10, 4, "uniform"), [0, 3, 6, 9])
+  with pytest.raises(ValueError, match="layer_selection"):
+    select_layers(4, 2, "last")
+
+
+def _low_rank_teacher(config, rank, seed=0):
+  """A teacher whose residual stream has rank <= `rank`: the embedding rows and every write
+  into the residual (attention out, MLP wo) lie in one rank-dimensional subspace."""
+  params = model.init_params(config, jax.random.PRNGKey(seed))
+  rng = np.random.default_rng(seed)
+  basis = np.linalg.qr(rng.normal(size=(config.d_model, rank)))[0]  # [d, rank]
+  table = rng.normal(size=(config.vocab_size, rank)) @ basis.T
+  decoder = params["decoder"]
+  decoder["token_embedder"]["embedding"] = jnp.asarray(table, jnp.float32)
+  projector = basis @ basis.T
+  for i in range(config.n_layers):
+    layer = decoder[f"layers_{i}"]
+    layer["self_attention"]["out"]["kernel"] = layer["self_attention"]["out"]["kernel"] @ projector
+    layer["mlp"]["wo"]["kernel"] = layer["mlp"]["wo"]["kernel"] @ projector
+    # Non-trivial norm scales so the diag(g) folding is exercised.
+    for norm in ("pre_self_attention_layer_norm", "pre_mlp_layer_norm"):
+      layer[norm]["scale"] = jnp.asarray(rng.uniform(0.5, 1.5, config.d_model), jnp.float32)
+  return params
+
+
+@pytest.mark.parametrize("position_embedding", ["rope", "relpos"])
+def test_first_block_output_is_teacher_output_projected(position_embedding):
+  teacher_cfg = TEACHER.replace(position_embedding=position_embedding)
+  student_cfg = teacher_cfg.replace(d_model=16, n_layers=2)  # same heads, head dim, mlp width
+  teacher = _low_rank_teacher(teacher_cfg, rank=16)
+  student, info = guide_init(teacher, teacher_cfg, student_cfg, rng=jax.random.PRNGKey(1),
+                             return_info=True)
+  assert info["explained_variance"] == pytest.approx(1.0, abs=1e-5)
+  tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 11), 0, teacher_cfg.vocab_size)
+  _, hidden_t = model.apply(teacher_cfg, teacher, tokens, return_hidden=True)
+  _, hidden_s = model.apply(student_cfg, student, tokens, return_hidden=True)
+  projected = np.asarray(hidden_t[0]) @ np.asarray(info["components"])
+  np.testing.assert_allclose(hidden_s[0], projected, rtol=1e-4, atol=1e-4)
+  # ... and the second (uniformly selected) block is not a projection: the check can fail.
+  assert not np.allclose(hidden_s[1], np.asarray(hidden_t[1]) @ np.asarray(info["components"]), atol=1e-2)
+
+
+@pytest.mark.parametrize("tie,position_embedding", [(False, "rope"), (True, "relpos")])
+def test_full_width_student_reproduces_teacher_logits(tie, position_embedding):
+  cfg = TEACHER.replace(tie_embeddings=tie, position_embedding=position_embedding)
+  teacher = model.init_params(cfg, jax.random.PRNGKey(0))
+  if not tie:  # untied outputs map exactly for any final-norm scale
+    teacher["decoder"]["decoder_norm"]["scale"] = jnp.linspace(0.5, 1.5, cfg.d_model)
+  student = guide_init(teacher, cfg, cfg, rng=jax.random.PRNGKey(1), blocks="all")
+  tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 9), 0, cfg.vocab_size)
+  np.testing.assert_allclose(model.apply(cfg, student, tokens), model.apply(cfg, teacher, tokens),
+                             rtol=1e-4, atol=1e-4)
+  # The student lives in PCA coordinates: its embedding is not the teacher's.
+  assert not np.allclose(student["decoder"]["token_embedder"]["embedding"],
+                         teacher["decoder"]["token_embedder"]["embedding"])
+
+
+@pytest.mark.parametrize("blocks,other,layers", [("first", "uniform_selection", "first_n"),
+                                                 ("all", "random", "uniform"),
+                                                 ("none", "random", "first_n")])
+def test_student_tree_matches_fresh_student(blocks, other, layers):
+  teacher = model.init_params(TEACHER, jax.random.PRNGKey(0))
+  fresh = model.init_params(STUDENT, jax.random.PRNGKey(5))
+  student = guide_init(teacher, TEACHER, STUDENT, student_params=fresh, blocks=blocks,
+                       other_blocks=other, layer_selection=layers)
+  assert jax.tree_util.tree_structure(student) == jax.tree_util.tree_structure(fresh)
+  for a, b in zip(jax.tree_util.tree_leaves(student), jax.tree_util.tree_leaves(fresh)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+  second = student["decoder"]["layers_1"]["mlp"]["wo"]["kernel"]
+  if blocks == "all":
+    assert not np.allclose(second, fresh["decoder"]["layers_1"]["mlp"]["wo"]["kernel"])
+  elif other == "random":
+    np.testing.assert_array_equal(second, fresh["decoder"]["layers_1"]["mlp"]["wo"]["kernel"])
+  else:  # Weight Selection of teacher layer 1
+    np.testing.assert_array_equal(second, uniform_select(
+        teacher["decoder"]["layers_1"]["mlp"]["wo"]["kernel"], second.shape))
+
+
+def test_uniform_layer_selection_feeds_the_selected_teacher_layers():
+  teacher = model.init_params(TEACHER, jax.random.PRNGKey(0))
+  student, info = guide_init(teacher, TEACHER, STUDENT, rng=jax.random.PRNGKey(1),
+                             layer_selection="uniform", return_info=True)
+  assert info["teacher_layers"] == [0, 2]
+  np.testing.assert_array_equal(
+      student["decoder"]["layers_1"]["pre_mlp_layer_norm"]["scale"],
+      uniform_select(teacher["decoder"]["layers_2"]["pre_mlp_layer_norm"]["scale"], (16,)))
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(d_model=64), "d_model: student d_S=64 > teacher d_T=32"),
+    (dict(n_heads=8), "n_heads: student h_S=8 > teacher h_T=4"),
+    (dict(head_dim=16), "head_dim"),
+    (dict(mlp_dim=128), "mlp_dim"),
+    (dict(n_layers=5), "n_layers: student n_S=5 > teacher n_T=4"),
+    (dict(vocab_size=97), "vocab_size: student 97 != teacher 96"),
+])
+def test_bad_student_dimensions_fail_before_compute(change, match, monkeypatch):
+  teacher = model.init_params(TEACHER, jax.random.PRNGKey(0))
+  monkeypatch.setattr("guide_jax.transforms.guide.pca_embedding",
+                      lambda *a, **k: pytest.fail("PCA ran before validation"))
+  with pytest.raises(ValueError, match=match):
+    guide_init(teacher, TEACHER, STUDENT.replace(**change), rng=jax.random.PRNGKey(0))
+
+
+def test_non_finite_teacher_and_missing_key_fail_before_compute(monkeypatch):
+  monkeypatch.setattr("guide_jax.transforms.guide.pca_embedding",
+                      lambda *a, **k: pytest.fail("PCA ran before validation"))
+  teacher = model.init_params(TEACHER, jax.random.PRNGKey(0))
+  teacher["decoder"]["token_embedder"]["embedding"] = \
+      teacher["decoder"]["token_embedder"]["embedding"].at[3, 4].set(jnp.nan)
+  with pytest.raises(ValueError, match="NaN or Inf in: decoder/token_embedder/embedding"):
+    guide_init(teacher, TEACHER, STUDENT, rng=jax.random.PRNGKey(0))
+  teacher = model.init_params(TEACHER, jax.random.PRNGKey(0))
+  teacher["decoder"]["layers_2"]["mlp"]["wo"]["kernel"] = jnp.full((64, 32), jnp.inf)
+  with pytest.raises(ValueError, match="layers_2/mlp/wo/kernel"):
+    guide_init(teacher, TEACHER, STUDENT, rng=jax.random.PRNGKey(0))
+  teacher = model.init_params(TEACHER, jax.random.PRNGKey(0))
+  del teacher["decoder"]["layers_1"]["self_attention"]["key"]
+  with pytest.raises(ValueError, match="missing 1 key.*layers_1/self_attention/key/kernel"):
+    guide_init(teacher, TEACHER, STUDENT, rng=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="blocks must be one of"):
+    guide_init(teacher, TEACHER, STUDENT, rng=jax.random.PRNGKey(0), blocks="last")
+
+
+def test_pca_bad_inputs():
+  with pytest.raises(ValueError, match=r"num_components \(d_S=9\) must be in \[1, d_T=8\]"):
+    pca_embedding(np.zeros((10, 8), np.float32), 9)
+  with pytest.raises(ValueError, match="must be \\[V, d\\]"):
+    pca_embedding(np.zeros((10,), np.float32), 1)
+
+
+def test_works_on_plain_numpy_t5x_dict():
+  """A t5x checkpoint restores as nested dicts of numpy arrays: guide_init takes it as is."""
+  cfg = TEACHER.replace(position_embedding="relpos", tie_embeddings=False)
+  teacher = jax.tree_util.tree_map(np.asarray, model.init_params(cfg, jax.random.PRNGKey(0)))
+  student = guide_init(teacher, cfg, STUDENT.replace(position_embedding="relpos", tie_embeddings=False),
+                       rng=jax.random.PRNGKey(1))
+  assert student["decoder"]["relpos_bias"]["rel_embedding"].shape == (2, 32)
+  np.testing.assert_array_equal(student["decoder"]["relpos_bias"]["rel_embedding"],
+                                teacher["decoder"]["relpos_bias"]["rel_embedding"][[0, 2]])
