@@ -1,0 +1,47 @@
+"""t5x-style gin command lines: --gin_file=... and --gin.KEY=VALUE."""
+import os
+from typing import List, Sequence
+
+import gin
+
+from guide_jax import optim
+from guide_jax.config import ModelConfig
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def register_configurables() -> None:
+  """Make the pure pieces configurable from gin without putting gin inside them."""
+  for fn, module in ((ModelConfig, "guide_jax"), (optim.make_optimizer, "guide_jax.optim")):
+    try:
+      gin.external_configurable(fn, module=module)
+    except ValueError:  # already registered in this process
+      pass
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> List[str]:
+  """t5x's convention: '--gin.KEY=VALUE' becomes '--gin_bindings=KEY = VALUE'."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--gin.") and "=" in arg:
+      key, value = arg[len("--gin."):].split("=", 1)
+      out.append(f"--gin_bindings={key} = {value}")
+    else:
+      out.append(arg)
+  return out
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+  """Parse gin files (relative paths resolve against the repo root too) and bindings.
+
+  Unknown configurables or parameters raise here, before any work is done.
+  """
+  register_configurables()
+  gin.add_config_file_search_path(REPO_ROOT)
+  for path in gin_files:
+    if not os.path.exists(path) and not os.path.exists(os.path.join(REPO_ROOT, path)):
+      raise ValueError(f"gin file not found: {path!r}")
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+  except (ValueError, KeyError, SyntaxError) as e:
+    raise ValueError(f"bad gin configuration: {e}") from e

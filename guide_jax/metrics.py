@@ -1,0 +1,55 @@
+"""Run metrics: absl log lines, TensorBoard summaries (tensorboardX) and metrics.jsonl."""
+import json
+import os
+
+import jax
+from absl import logging
+
+
+class Writer:
+  """Writes train/eval scalars of one run; only process 0 writes files."""
+
+  def __init__(self, model_dir: str):
+    self._lead = jax.process_index() == 0
+    self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a") if self._lead else None
+    self._tb = None
+    if self._lead:
+      import tensorboardX  # TensorBoard event files under model_dir/tb
+      self._tb = tensorboardX.SummaryWriter(os.path.join(model_dir, "tb"))
+
+  def _write(self, kind: str, step: int, values: dict) -> None:
+    if not self._lead:
+      return
+    self._jsonl.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
+    self._jsonl.flush()
+    for k, v in values.items():
+      self._tb.add_scalar(f"{kind}/{k}", v, step)
+
+  def train(self, step: int, values: dict) -> None:
+    logging.info("step %d | loss %.4f | %.0f tok/s | %.3f s/step | ETA %.0f s", step, values["loss"],
+                 values["tokens_per_s"], values["step_time_s"], values["eta_s"])
+    self._write("train", step, values)
+
+  def eval(self, step: int, values: dict) -> None:
+    logging.info("step %d | eval loss %.4f | eval ppl %.3f", step, values["loss"], values["ppl"])
+    self._write("eval", step, values)
+
+  def close(self) -> None:
+    if self._lead:
+      self._jsonl.close()
+      self._tb.flush()
+      self._tb.close()
+
+
+def read_metrics(model_dir: str, kind: str = "train") -> dict:
+  """{step: record} from metrics.jsonl; a step logged twice (a resumed run) keeps its last record."""
+  out = {}
+  path = os.path.join(model_dir, "metrics.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        if line.strip():
+          record = json.loads(line)
+          if record["kind"] == kind:
+            out[record["step"]] = record
+  return out
