@@ -1,0 +1,70 @@
+"""Atomic file writes and content hashing for the data caches.
+
+Every cache file is written to a temporary file in the destination directory
+and then moved into place with ``os.replace``, so readers (and concurrent
+builders on a shared filesystem) see either the old complete file or the new
+complete file, never a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from typing import IO, Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+  """Opens a temp file next to `path`; on clean exit fsyncs and renames it to `path`.
+
+  On an exception the temp file is removed and `path` is left untouched.
+  `mode` is "w" (text, `encoding`) or "wb" (binary).
+  """
+  if mode not in ("w", "wb"):
+    raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+  try:
+    if mode == "w":
+      f = os.fdopen(fd, "w", encoding=encoding, newline="\n")
+    else:
+      f = os.fdopen(fd, "wb")
+    with f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path` atomically."""
+  with atomic_open(path, "wb") as f:
+    f.write(data)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """Writes UTF-8 `text` to `path` atomically."""
+  with atomic_open(path, "w") as f:
+    f.write(text)
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+  """Writes `obj` as indented, key-sorted JSON to `path` atomically."""
+  atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def sha256_file(path: str, chunk_bytes: int = 1 << 20) -> str:
+  """Hex SHA-256 of a file's bytes."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(chunk_bytes), b""):
+      h.update(chunk)
+  return h.hexdigest()

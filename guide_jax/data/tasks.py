@@ -1,0 +1,98 @@
+"""seqio Task / Mixture registration for the language-modeling corpora.
+
+A task reads one document per line (corpus file format, see corpus.py), yields
+{"targets": int32 [doc_len + 1]} token ids ending in EOS (=1), with the corpus'
+SentencePiece vocabulary. Registration is idempotent: registering the same name again
+with the same files and vocabulary is a no-op; with different ones it replaces the task.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import logging
+
+from guide_jax.data import corpus as corpus_lib
+from guide_jax.data import tf_setup
+from guide_jax.data import vocab as vocab_lib
+
+tf, seqio = tf_setup.import_tf_and_seqio()
+
+# What this module registered under each name, to make re-registration a no-op.
+_TASK_CONFIGS: dict[str, tuple] = {}
+_MIXTURE_CONFIGS: dict[str, tuple] = {}
+
+
+def task_name_for(corpus: str, vocab_model_path: str) -> str:
+  """"guide_lm_<corpus>_<vocab file stem>", e.g. guide_lm_shakespeare_sp_bpe_8192_<hash>_v1."""
+  stem = os.path.splitext(os.path.basename(vocab_model_path))[0]
+  return f"guide_lm_{corpus}_{stem}"
+
+
+def task_config(name: str) -> tuple | None:
+  """((split, file) pairs, vocab model path) of a task registered here, else None."""
+  return _TASK_CONFIGS.get(name) if name in seqio.TaskRegistry.names() else None
+
+
+@seqio.map_over_dataset
+def parse_line(line: tf.Tensor) -> dict:
+  """Corpus line (escaped document) -> {"targets": line}."""
+  return {"targets": line}
+
+
+def register_lm_task_from_files(name: str, split_files: dict[str, str],
+                                vocab_model_path: str) -> str:
+  """Registers (idempotently) LM task `name` over {split: corpus file}; returns `name`."""
+  missing = [p for p in split_files.values() if not os.path.exists(p)]
+  if missing:
+    raise ValueError(f"task {name}: missing split files {missing}")
+  split_files = {split: os.path.abspath(p) for split, p in split_files.items()}
+  vocab_model_path = os.path.abspath(vocab_model_path)
+  config = (tuple(sorted(split_files.items())), vocab_model_path)
+  if name in seqio.TaskRegistry.names():
+    if _TASK_CONFIGS.get(name) == config:
+      return name
+    logging.info("Re-registering seqio task %s with new files/vocabulary", name)
+    seqio.TaskRegistry.remove(name)
+  vocabulary = seqio.SentencePieceVocabulary(vocab_model_path)
+  seqio.TaskRegistry.add(
+      name,
+      source=seqio.TextLineDataSource(split_files),
+      preprocessors=[
+          parse_line,
+          seqio.preprocessors.tokenize,
+          seqio.preprocessors.append_eos_after_trim,
+      ],
+      output_features={"targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)},
+  )
+  _TASK_CONFIGS[name] = config
+  return name
+
+
+def register_lm_task(corpus: str, cache_dir: str, vocab_size: int) -> str:
+  """Builds corpus + vocabulary (cached) and registers their LM task; returns the task name."""
+  paths = corpus_lib.build_corpus(corpus, cache_dir)
+  model_path = vocab_lib.train_vocab(paths["train"], vocab_size, cache_dir)
+  split_files = {split: paths[split] for split in corpus_lib.SPLITS}
+  return register_lm_task_from_files(task_name_for(corpus, model_path), split_files, model_path)
+
+
+def register_lm_mixture(name: str, task_names: list[str], rates: list[float]) -> str:
+  """Registers (idempotently) a seqio.Mixture of `task_names` sampled at `rates`."""
+  task_names, rates = list(task_names), list(rates)
+  if not task_names or len(task_names) != len(rates):
+    raise ValueError(f"need one rate per task, got {len(task_names)} tasks and {len(rates)} rates")
+  if any(not isinstance(r, (int, float)) or r <= 0 for r in rates):
+    raise ValueError(f"rates must be positive numbers, got {rates}")
+  unknown = [t for t in task_names if t not in seqio.TaskRegistry.names()]
+  if unknown:
+    raise ValueError(f"unknown tasks {unknown}; register them first")
+  pairs = list(zip(task_names, [float(r) for r in rates]))
+  config = tuple(pairs)
+  if name in seqio.MixtureRegistry.names():
+    if _MIXTURE_CONFIGS.get(name) == config:
+      return name
+    seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, pairs)
+  _MIXTURE_CONFIGS[name] = config
+  return name
