@@ -10,13 +10,9 @@ from guide_jax.config import ModelConfig
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def register_configurables() -> None:
-  """Make the pure pieces configurable from gin without putting gin inside them."""
-  for fn, module in ((ModelConfig, "guide_jax"), (optim.make_optimizer, "guide_jax.optim")):
-    try:
-      gin.external_configurable(fn, module=module)
-    except ValueError:  # already registered in this process
-      pass
+# The pure pieces, made configurable here so that gin stays at the edges. Entry points call these.
+ModelConfig = gin.external_configurable(ModelConfig, module="guide_jax")
+make_optimizer = gin.external_configurable(optim.make_optimizer, module="guide_jax.optim")
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> List[str]:
@@ -36,7 +32,6 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
 
   Unknown configurables or parameters raise here, before any work is done.
   """
-  register_configurables()
   gin.add_config_file_search_path(REPO_ROOT)
   for path in gin_files:
     if not os.path.exists(path) and not os.path.exists(os.path.join(REPO_ROOT, path)):

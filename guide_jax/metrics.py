@@ -6,6 +6,18 @@ import jax
 from absl import logging
 
 
+def quiet_library_logs() -> None:
+  """Drop absl INFO records that come from orbax / tensorstore internals (warnings stay)."""
+  import logging as std_logging
+
+  class _Filter(std_logging.Filter):
+    def filter(self, record):
+      noisy = "/orbax/" in record.pathname or "/tensorstore/" in record.pathname
+      return not noisy or record.levelno >= std_logging.WARNING
+
+  logging.get_absl_handler().addFilter(_Filter())
+
+
 class Writer:
   """Writes train/eval scalars of one run; only process 0 writes files."""
 
@@ -48,8 +60,10 @@ def read_metrics(model_dir: str, kind: str = "train") -> dict:
   if os.path.exists(path):
     with open(path) as f:
       for line in f:
-        if line.strip():
+        try:
           record = json.loads(line)
-          if record["kind"] == kind:
-            out[record["step"]] = record
+        except json.JSONDecodeError:  # a line torn by a kill -9 mid-write
+          continue
+        if record.get("kind") == kind:
+          out[record["step"]] = record
   return out

@@ -8,6 +8,7 @@ Multi-process: set GUIDE_JAX_COORDINATOR=host:port, GUIDE_JAX_NUM_PROCESSES, GUI
 before anything else. Each process feeds its slice of every global batch; orbax writes once.
 """
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -18,7 +19,7 @@ import gin
 import jax
 import numpy as np
 
-from guide_jax import checkpoints, gin_utils, metrics, model as model_lib, optim, sharding, trainer
+from guide_jax import checkpoints, gin_utils, metrics, model as model_lib, sharding, trainer
 from guide_jax.config import ModelConfig
 from guide_jax.transforms import BLOCKS, OTHER_BLOCKS, LAYER_SELECTIONS, check_dimensions, guide_init
 
@@ -31,11 +32,17 @@ flags.DEFINE_multi_string("gin_bindings", [], "gin bindings; --gin.KEY=VALUE is 
 def maybe_initialize_distributed() -> None:
   """jax.distributed.initialize from GUIDE_JAX_* environment variables, when several processes run."""
   if os.environ.get("GUIDE_JAX_COORDINATOR"):
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":  # CPU collectives across processes
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=os.environ["GUIDE_JAX_COORDINATOR"],
                                num_processes=int(os.environ["GUIDE_JAX_NUM_PROCESSES"]),
                                process_id=int(os.environ["GUIDE_JAX_PROCESS_ID"]))
   elif os.environ.get("GUIDE_JAX_DISTRIBUTED") == "1":
     jax.distributed.initialize()
+  else:
+    return
+  logging.info("process %d of %d, %d global devices", jax.process_index(), jax.process_count(),
+               jax.device_count())
 
 
 def _atomic_json(path: str, obj) -> None:
@@ -84,6 +91,7 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, trai
           cache_dir: str = "cache", seed: int = 0, init: str = "random", teacher_dir: Optional[str] = None,
           blocks: str = "first", other_blocks: str = "uniform_selection", layer_selection: str = "first_n",
           center: bool = False, kd_alpha: float = 0.0, kd_tau: float = 1.0, model_parallel: int = 1,
+          num_devices: Optional[int] = None,
           eval_every: int = 200, eval_max_batches: Optional[int] = None, save_every: int = 200,
           keep_checkpoints: int = 2, log_every: int = 20, stop_after: Optional[int] = None,
           rewrite_flags=None) -> dict:
@@ -98,19 +106,17 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, trai
   teacher_config = check_run_args(model, train_steps=train_steps, batch_size=batch_size, init=init,
                                   teacher_dir=teacher_dir, kd_alpha=kd_alpha, kd_tau=kd_tau,
                                   blocks=blocks, other_blocks=other_blocks, layer_selection=layer_selection)
-  from guide_jax.data import pipeline  # seqio / TF load only for runs that need data
+  from guide_jax.data import batches as batches_lib, pipeline  # seqio / TF only for runs with data
   train_tokens, validation_tokens, vocab = pipeline.load_lm_data(corpus, cache_dir, vocab_size, seq_len)
   if vocab.vocab_size != model.vocab_size:
     raise ValueError(f"model vocab_size {model.vocab_size} != tokenizer vocab size {vocab.vocab_size} "
                      f"(bind ModelConfig.vocab_size = %VOCAB_SIZE)")
-  batches = pipeline.LMBatches(train_tokens, seq_len, batch_size, seed=seed)
-  eval_batches = lambda: pipeline.eval_batches(validation_tokens, seq_len, batch_size,
-                                               process_index=jax.process_index(),
-                                               process_count=jax.process_count(),
-                                               max_batches=eval_max_batches)
+  batches = batches_lib.LMBatches(train_tokens, seq_len, batch_size, seed=seed)
+  eval_batches = lambda: itertools.islice(batches_lib.eval_batches(
+      validation_tokens, seq_len, batch_size, jax.process_index(), jax.process_count()), eval_max_batches)
 
-  mesh = sharding.make_mesh(model_parallel)
-  optimizer = optim.make_optimizer(train_steps)
+  mesh = sharding.make_mesh(model_parallel, jax.devices()[:num_devices] if num_devices else None)
+  optimizer = gin_utils.make_optimizer(train_steps)
   teacher_params = None
   if teacher_config is not None:
     teacher_params, _ = checkpoints.load_params(
@@ -153,6 +159,8 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, trai
   writer = metrics.Writer(model_dir)
   tokens_per_step = batch_size * seq_len
   step, eval_result = start, None
+  if start == 0:  # where each init starts: GUIDE's head start shows here
+    writer.eval(0, trainer.evaluate(eval_fn, params, eval_batches(), mesh))
   last_log = (start, time.time())
   end = train_steps if stop_after is None else min(train_steps, start + stop_after)
   while step < end:
@@ -188,6 +196,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   maybe_initialize_distributed()
+  metrics.quiet_library_logs()
   gin_utils.parse(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings)
   result = train()
   print(json.dumps(result))

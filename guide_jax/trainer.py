@@ -86,7 +86,7 @@ def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
 
   return jax.jit(step, in_shardings=(p_sh, o_sh, b_sh, t_sh),
                  out_shardings=(p_sh, o_sh, sharding.replicated(mesh)), donate_argnums=(0, 1))

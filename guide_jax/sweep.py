@@ -1,0 +1,198 @@
+r"""Gin-driven sweeps: train a teacher, then every arm x seed on the same tokens; tabulate and plot.
+
+  python -m guide_jax.sweep --gin_file=gin/sweeps/quickstart.gin
+  python -m guide_jax.sweep --gin_file=gin/sweeps/reproduction.gin --gin.sweep.seeds=[0,1,2]
+
+Each run is `python -m guide_jax.train` in a subprocess with the sweep's gin files and bindings, in
+<output_dir>/<arm>/seed_<k> (the teacher in <output_dir>/teacher). A run whose results.json says it
+finished is skipped; an unfinished one resumes from its checkpoint. Writes results.json, results.md
+and results.png in output_dir (atomically).
+"""
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List, Optional, Sequence
+
+from absl import app, flags, logging
+import gin
+import numpy as np
+
+from guide_jax import gin_utils, metrics
+
+flags.DEFINE_multi_string("gin_file", [], "sweep gin files.")
+flags.DEFINE_multi_string("gin_bindings", [], "sweep gin bindings; --gin.KEY=VALUE is rewritten to these.")
+flags.DEFINE_bool("dry_run", False, "print the train commands instead of running them.")
+
+
+def split_spec(spec: Sequence[str]):
+  """An arm spec mixes gin files ('*.gin') and bindings ('KEY = VALUE'): -> (files, bindings)."""
+  files = [s for s in spec if s.strip().endswith(".gin")]
+  return files, [s for s in spec if not s.strip().endswith(".gin")]
+
+
+def train_command(gin_files: Sequence[str], bindings: Sequence[str]) -> List[str]:
+  return ([sys.executable, "-m", "guide_jax.train"] + [f"--gin_file={f}" for f in gin_files]
+          + [f"--gin_bindings={b}" for b in bindings])
+
+
+def read_result(run_dir: str) -> Optional[dict]:
+  path = os.path.join(run_dir, "results.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      result = json.load(f)
+    if result.get("finished"):
+      return result
+  return None
+
+
+def run_once(run_dir: str, gin_files, bindings, dry_run: bool = False) -> Optional[dict]:
+  """Train one run unless it already finished; returns its results.json (None on dry run)."""
+  done = read_result(run_dir)
+  if done is not None:
+    logging.info("finished already: %s (eval ppl %.3f)", run_dir, done["eval_ppl"])
+    return done
+  cmd = train_command(gin_files, list(bindings) + [f"MODEL_DIR = '{run_dir}'"])
+  if dry_run:
+    print(" ".join(cmd))
+    return None
+  logging.info("running %s", " ".join(cmd))
+  os.makedirs(os.path.dirname(run_dir) or ".", exist_ok=True)
+  proc = subprocess.run(cmd, stdout=sys.stdout, stderr=sys.stderr)
+  if proc.returncode != 0:
+    raise RuntimeError(f"training run {run_dir} failed with exit code {proc.returncode}")
+  result = read_result(run_dir)
+  if result is None:
+    raise RuntimeError(f"training run {run_dir} ended without a finished results.json")
+  return result
+
+
+def gap_reduction(ppl_baseline: float, ppl_method: float, ppl_teacher: float) -> float:
+  """(ppl_baseline - ppl_method) / (ppl_baseline - ppl_teacher), GUIDE_SPEC section 5."""
+  if ppl_baseline <= ppl_teacher:
+    return float("nan")  # no gap to close: the teacher is not better than the baseline student
+  return (ppl_baseline - ppl_method) / (ppl_baseline - ppl_teacher)
+
+
+def summarize(teacher: dict, arm_results: Dict[str, List[dict]], baseline: str) -> dict:
+  """results.json content: teacher_ppl, and per arm: name, ppl (mean over seeds), gap_reduction."""
+  teacher_ppl = teacher["eval_ppl"]
+  base_by_seed = {r["seed"]: r["eval_ppl"] for r in arm_results[baseline]}
+  arms = []
+  for name, runs in arm_results.items():
+    ppls = [r["eval_ppl"] for r in runs]
+    gaps = [gap_reduction(base_by_seed[r["seed"]], r["eval_ppl"], teacher_ppl) for r in runs
+            if r["seed"] in base_by_seed]
+    arms.append({"name": name, "ppl": float(np.mean(ppls)), "ppl_std": float(np.std(ppls)),
+                 "ppl_per_seed": ppls, "seeds": [r["seed"] for r in runs],
+                 "gap_reduction": float(np.mean(gaps)) if gaps else float("nan"),
+                 "gap_reduction_per_seed": gaps, "tokens_seen": runs[0]["tokens_seen"]})
+  base_ppl = float(np.mean(list(base_by_seed.values())))
+  return {"teacher_ppl": teacher_ppl, "baseline": baseline, "baseline_ppl": base_ppl,
+          "teacher_below_baseline": (base_ppl - teacher_ppl) / base_ppl, "arms": arms,
+          "teacher": {k: teacher[k] for k in ("eval_ppl", "eval_loss", "tokens_seen", "model_config")}}
+
+
+def markdown_table(summary: dict) -> str:
+  lines = [f"Teacher held-out perplexity: {summary['teacher_ppl']:.3f} "
+           f"({100 * summary['teacher_below_baseline']:.1f} % below the baseline student's)", "",
+           "| arm | held-out ppl (mean ± std) | seeds | gap reduction (mean) | per seed |",
+           "|---|---|---|---|---|"]
+  for arm in summary["arms"]:
+    per_seed = ", ".join(f"{100 * g:.1f} %" for g in arm["gap_reduction_per_seed"])
+    lines.append(f"| {arm['name']} | {arm['ppl']:.3f} ± {arm['ppl_std']:.3f} | {len(arm['seeds'])} | "
+                 f"{100 * arm['gap_reduction']:.1f} % | {per_seed} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, run_dirs: Dict[str, List[str]], path: str) -> None:
+  """Held-out ppl curves per arm (seed 0) and gap-reduction bars, written atomically as PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+  for name, dirs in run_dirs.items():
+    evals = metrics.read_metrics(dirs[0], "eval")
+    steps = sorted(evals)
+    ax1.plot(steps, [evals[s]["ppl"] for s in steps], marker="o", label=name)
+  ax1.axhline(summary["teacher_ppl"], color="k", linestyle="--", label="teacher")
+  ax1.set(xlabel="step", ylabel="held-out perplexity", yscale="log", title="Held-out perplexity (seed 0)")
+  ax1.legend(fontsize=8)
+  arms = [a for a in summary["arms"] if a["name"] != summary["baseline"]]
+  ax2.bar([a["name"] for a in arms], [100 * a["gap_reduction"] for a in arms],
+          yerr=[100 * np.std(a["gap_reduction_per_seed"]) for a in arms], capsize=4)
+  ax2.axhline(0, color="k", linewidth=0.8)
+  ax2.set(ylabel="gap reduction (%)", title="Teacher-student gap reduction vs baseline")
+  ax2.tick_params(axis="x", rotation=30)
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def _write_atomic(path: str, text: str) -> None:
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+@gin.configurable
+def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretrain.gin",),
+          teacher: Sequence[str] = gin.REQUIRED, student: Sequence[str] = gin.REQUIRED,
+          arms: Dict[str, Sequence[str]] = gin.REQUIRED, seeds: Sequence[int] = (0,),
+          baseline: str = "baseline", dry_run: bool = False) -> Optional[dict]:
+  """Train the teacher (base + teacher specs), then each arm (base + student + arm specs) per seed.
+
+  Specs are lists of gin files and bindings. Every arm gets TEACHER_DIR bound to the teacher run,
+  and SEED to its seed, so all arms see the same tokens in the same order per seed.
+  """
+  if baseline not in arms:
+    raise ValueError(f"sweep.arms must include the baseline arm {baseline!r}; got {sorted(arms)}")
+  all_files = set(split_spec(base)[0] + split_spec(teacher)[0] + split_spec(student)[0])
+  for spec in arms.values():
+    all_files.update(split_spec(spec)[0])
+  missing = [f for f in sorted(all_files) if not os.path.exists(os.path.join(gin_utils.REPO_ROOT, f))
+             and not os.path.exists(f)]
+  if missing:
+    raise ValueError(f"sweep: gin files not found: {missing}")
+  output_dir = os.path.abspath(output_dir)
+  teacher_dir = os.path.join(output_dir, "teacher")
+  files, bindings = split_spec(list(base) + list(teacher))
+  teacher_result = run_once(teacher_dir, files, bindings, dry_run)
+  arm_results, run_dirs = {}, {}
+  for name, spec in arms.items():
+    for seed in seeds:
+      run_dir = os.path.join(output_dir, name, f"seed_{seed}")
+      files, bindings = split_spec(list(base) + list(student) + list(spec))
+      bindings = bindings + [f"TEACHER_DIR = '{teacher_dir}'", f"SEED = {seed}"]
+      result = run_once(run_dir, files, bindings, dry_run)
+      if result is not None:
+        arm_results.setdefault(name, []).append(result)
+        run_dirs.setdefault(name, []).append(run_dir)
+  if dry_run:
+    return None
+  summary = summarize(teacher_result, arm_results, baseline)
+  _write_atomic(os.path.join(output_dir, "results.json"), json.dumps(summary, indent=2))
+  table = markdown_table(summary)
+  _write_atomic(os.path.join(output_dir, "results.md"), table)
+  plot(summary, run_dirs, os.path.join(output_dir, "results.png"))
+  print(table)
+  print(f"wrote {output_dir}/results.json, results.md, results.png")
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  gin_utils.parse(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings)
+  sweep(dry_run=flags.FLAGS.dry_run)
+
+
+def run():
+  app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))
+
+
+if __name__ == "__main__":
+  run()
