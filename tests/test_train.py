@@ -82,12 +82,12 @@ def test_guide_init_run_starts_ahead_of_random(tmp_path, teacher_dir):
 
 
 def test_kill_9_then_resume_reproduces_losses(tmp_path):
-  steps = 150
+  steps = 60
   reference = tmp_path / "reference"
-  run_train(MICRO, micro_bindings(reference, steps=steps, **{"train.save_every": 5}))
+  run_train(MICRO, micro_bindings(reference, steps=steps))
   killed = tmp_path / "killed"
   cmd = [sys.executable, "-m", "guide_jax.train"] + [f"--gin_file={f}" for f in MICRO] + [
-      f"--gin_bindings={b}" for b in micro_bindings(killed, steps=steps, **{"train.save_every": 5})]
+      f"--gin_bindings={b}" for b in micro_bindings(killed, steps=steps)]
   env = dict(os.environ, PYTHONPATH=REPO)
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300

@@ -1,0 +1,62 @@
+"""CPU smoke test of the sweep: a micro teacher and two arms, results.json/.md/.png, and resume."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from guide_jax import sweep as sweep_lib
+from test_train import CACHE, REPO
+
+MICRO = ["'BATCH_SIZE = 4'", "'SEQ_LEN = 32'", f"'CACHE_DIR = \"{CACHE}\"'", "'train.eval_max_batches = 4'",
+         "'train.eval_every = 5'", "'train.log_every = 5'", "'ModelConfig.n_heads = 2'",
+         "'ModelConfig.head_dim = 16'", "'ModelConfig.mlp_dim = 64'"]
+
+
+def write_sweep_gin(path, output_dir):
+  path.write_text(f"""
+sweep.output_dir = '{output_dir}'
+sweep.base = ['gin/runs/pretrain.gin', {', '.join(MICRO)}]
+sweep.teacher = ['gin/models/tiny_student.gin', 'TRAIN_STEPS = 10', 'ModelConfig.d_model = 48',
+                 'ModelConfig.n_layers = 2']
+sweep.student = ['gin/models/tiny_student.gin', 'TRAIN_STEPS = 10', 'ModelConfig.d_model = 32',
+                 'ModelConfig.n_layers = 1']
+sweep.arms = {{'baseline': [], 'guide': ['gin/guide.gin']}}
+sweep.seeds = [0]
+""")
+
+
+def run_sweep(gin_file):
+  return subprocess.run([sys.executable, "-m", "guide_jax.sweep", f"--gin_file={gin_file}"], cwd=REPO,
+                        env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=600)
+
+
+def test_sweep_smoke_and_resume(tmp_path):
+  out = tmp_path / "sweep"
+  gin_file = tmp_path / "smoke.gin"
+  write_sweep_gin(gin_file, out)
+  result = run_sweep(gin_file)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.load(open(out / "results.json"))
+  assert summary["teacher_ppl"] == json.load(open(out / "teacher" / "results.json"))["eval_ppl"]
+  arms = {a["name"]: a for a in summary["arms"]}
+  assert set(arms) == {"baseline", "guide"}
+  expected = sweep_lib.gap_reduction(arms["baseline"]["ppl"], arms["guide"]["ppl"], summary["teacher_ppl"])
+  if summary["teacher_below_baseline"] > 0:  # a 10-step teacher is usually, not surely, better
+    assert arms["baseline"]["gap_reduction"] == 0.0
+    assert arms["guide"]["gap_reduction"] == pytest.approx(expected)
+  assert "| guide |" in (out / "results.md").read_text()
+  assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # A second invocation reuses every finished run.
+  stamp = os.path.getmtime(out / "guide" / "seed_0" / "results.json")
+  again = run_sweep(gin_file)
+  assert again.returncode == 0 and again.stderr.count("finished already") == 3
+  assert os.path.getmtime(out / "guide" / "seed_0" / "results.json") == stamp
+
+
+def test_gap_reduction_formula_and_missing_baseline():
+  assert sweep_lib.gap_reduction(100.0, 90.0, 60.0) == pytest.approx(0.25)
+  assert sweep_lib.gap_reduction(100.0, 100.0, 60.0) == 0.0
+  with pytest.raises(ValueError, match="baseline arm"):
+    sweep_lib.sweep(output_dir="x", teacher=[], student=[], arms={"guide": []})
