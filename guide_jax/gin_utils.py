@@ -2,10 +2,14 @@
 import os
 from typing import List, Sequence
 
+from absl import flags
 import gin
 
 from guide_jax import optim
 from guide_jax.config import ModelConfig
+
+flags.DEFINE_multi_string("gin_file", [], "gin files, in order (t5x style).")
+flags.DEFINE_multi_string("gin_bindings", [], "gin bindings; --gin.KEY=VALUE is rewritten to these.")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -20,8 +20,6 @@ import numpy as np
 
 from guide_jax import gin_utils, metrics
 
-flags.DEFINE_multi_string("gin_file", [], "sweep gin files.")
-flags.DEFINE_multi_string("gin_bindings", [], "sweep gin bindings; --gin.KEY=VALUE is rewritten to these.")
 flags.DEFINE_bool("dry_run", False, "print the train commands instead of running them.")
 
 

@@ -25,8 +25,6 @@ from guide_jax.transforms import BLOCKS, OTHER_BLOCKS, LAYER_SELECTIONS, check_d
 
 INITS = ("random", "guide")
 
-flags.DEFINE_multi_string("gin_file", [], "gin files, in order (t5x style).")
-flags.DEFINE_multi_string("gin_bindings", [], "gin bindings; --gin.KEY=VALUE is rewritten to these.")
 
 
 def maybe_initialize_distributed() -> None:
@@ -116,6 +114,9 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, trai
       validation_tokens, seq_len, batch_size, jax.process_index(), jax.process_count()), eval_max_batches)
 
   mesh = sharding.make_mesh(model_parallel, jax.devices()[:num_devices] if num_devices else None)
+  if batch_size % mesh.shape["data"]:
+    raise ValueError(f"BATCH_SIZE {batch_size} must divide by the mesh's data axis ({mesh.shape['data']} "
+                     f"= devices / model_parallel); set train.num_devices or train.model_parallel")
   optimizer = gin_utils.make_optimizer(train_steps)
   teacher_params = None
   if teacher_config is not None:

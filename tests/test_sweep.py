@@ -10,7 +10,7 @@ from guide_jax import sweep as sweep_lib
 from test_train import CACHE, REPO
 
 MICRO = ["'BATCH_SIZE = 4'", "'SEQ_LEN = 32'", f"'CACHE_DIR = \"{CACHE}\"'", "'train.eval_max_batches = 4'",
-         "'train.eval_every = 5'", "'train.log_every = 5'", "'ModelConfig.n_heads = 2'",
+         "'train.eval_every = 5'", "'train.num_devices = 1'", "'train.log_every = 5'", "'ModelConfig.n_heads = 2'",
          "'ModelConfig.head_dim = 16'", "'ModelConfig.mlp_dim = 64'"]
 
 
