@@ -144,7 +144,7 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, trai
       host_teacher = jax.device_get(teacher_params)
       params, info = guide_init(host_teacher, teacher_config, model, student_params=jax.device_get(params),
                                 blocks=blocks, other_blocks=other_blocks, layer_selection=layer_selection,
-                                center=center, return_info=True)
+                                center=center, mesh=mesh, return_info=True)
       params = trainer.host_to_global(params, trainer.param_shardings(model, mesh))
       logging.info("GUIDE init from %s: explained variance %.4f, teacher layers %s",
                    teacher_dir, info["explained_variance"], info["teacher_layers"])
