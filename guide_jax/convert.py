@@ -41,37 +41,46 @@ FORMATS = ("guide_jax", "t5x")
 INFO_FILE = "guide_info.json"
 
 
-def _define(kind, name, default, help_text, **kw):
-  """Define a flag unless another guide_jax module (e.g. train) already defined it here."""
-  if name in flags.FLAGS:
-    return
-  if kind == "enum":
-    flags.DEFINE_enum(name, default, kw["enum_values"], help_text)
-  else:
-    getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+def define_flags() -> None:
+  """Define the CLI flags (at run(), not import: guide_jax.train defines some of the same names,
+  e.g. gin_bindings, and absl refuses a second definition from another module)."""
+  def define(kind, name, default, help_text, **kw):
+    if name in flags.FLAGS:
+      return
+    if kind == "enum":
+      flags.DEFINE_enum(name, default, kw["enum_values"], help_text)
+    else:
+      getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+
+  define("string", "teacher_dir", None, "Teacher: guide_jax run dir, or t5x checkpoint (--teacher_format=t5x).")
+  define("enum", "teacher_format", "guide_jax", "Teacher checkpoint format.", enum_values=list(FORMATS))
+  define("string", "teacher_gin", None, "t5x teacher only: gin file defining MODEL = @ModelConfig().")
+  define("multi_string", "teacher_gin_bindings", [], "t5x teacher only: gin bindings for --teacher_gin.")
+  define("integer", "teacher_step", None, "guide_jax teacher: checkpoint step (default: latest).")
+  define("string", "student_gin", None, "Student gin file defining MODEL = @ModelConfig().")
+  define("multi_string", "gin_bindings", [], "Student gin bindings; --gin.KEY=VALUE is rewritten to these.")
+  define("string", "output_dir", None, "Where to write the student checkpoint.")
+  define("enum", "format", "guide_jax", "Output checkpoint format.", enum_values=list(FORMATS))
+  define("enum", "blocks", "first", "Blocks given the PCA mapping.", enum_values=list(BLOCKS))
+  define("enum", "other_blocks", "uniform_selection", "How the other blocks start.",
+         enum_values=list(OTHER_BLOCKS))
+  define("enum", "layer_selection", "first_n", "Teacher layer for each student layer.",
+         enum_values=list(LAYER_SELECTIONS))
+  define("boolean", "center", False, "Student table (E_T - mu) M instead of E_T M.")
+  define("integer", "seed", 0, "PRNG seed for the parts that start at random.")
+  define("boolean", "overwrite", False, "Replace a checkpoint already in --output_dir.")
 
 
-_define("string", "teacher_dir", None, "Teacher: guide_jax run dir, or t5x checkpoint (--teacher_format=t5x).")
-_define("enum", "teacher_format", "guide_jax", "Teacher checkpoint format.", enum_values=list(FORMATS))
-_define("string", "teacher_gin", None, "t5x teacher only: gin file defining MODEL = @ModelConfig().")
-_define("multi_string", "teacher_gin_bindings", [], "t5x teacher only: gin bindings for --teacher_gin.")
-_define("integer", "teacher_step", None, "guide_jax teacher: checkpoint step (default: latest).")
-_define("string", "student_gin", None, "Student gin file defining MODEL = @ModelConfig().")
-_define("multi_string", "gin_bindings", [], "Student gin bindings; --gin.KEY=VALUE is rewritten to these.")
-_define("string", "output_dir", None, "Where to write the student checkpoint.")
-_define("enum", "format", "guide_jax", "Output checkpoint format.", enum_values=list(FORMATS))
-_define("enum", "blocks", "first", "Blocks given the PCA mapping.", enum_values=list(BLOCKS))
-_define("enum", "other_blocks", "uniform_selection", "How the other blocks start.", enum_values=list(OTHER_BLOCKS))
-_define("enum", "layer_selection", "first_n", "Teacher layer for each student layer.",
-        enum_values=list(LAYER_SELECTIONS))
-_define("boolean", "center", False, "Student table (E_T - mu) M instead of E_T M.")
-_define("integer", "seed", 0, "PRNG seed for the parts that start at random.")
-_define("boolean", "overwrite", False, "Replace a checkpoint already in --output_dir.")
-
-
-@gin.configurable("guide_jax_convert_model")
-def _gin_model(model=gin.REQUIRED):
+def _return_model(model=gin.REQUIRED):
   return model
+
+
+def _gin_model_fn():
+  """`_return_model` registered with gin (once per process, whichever module registered it)."""
+  try:
+    return gin.external_configurable(_return_model, "guide_jax_convert_model")
+  except ValueError:  # already registered (e.g. by guide_jax.convert when this is __main__)
+    return gin.get_configurable("guide_jax_convert_model")
 
 
 _VOCAB_BINDING = re.compile(r"^\s*VOCAB_SIZE\s*=")
@@ -82,11 +91,12 @@ def model_from_gin(gin_file: str, bindings: Sequence[str] = (), defaults: Sequen
 
   Parses in a clean gin configuration and clears it again afterwards.
   """
+  model_fn = _gin_model_fn()
   gin.clear_config()
   try:
     gin_utils.parse([gin_file], [*defaults, *bindings, "guide_jax_convert_model.model = %MODEL"])
     try:
-      config = _gin_model()
+      config = model_fn()
     except Exception as e:  # gin re-raises ModelConfig's ValueError, or an unbound-macro error
       raise ValueError(f"gin file {gin_file!r} (bindings {list(bindings)}) does not give a valid "
                        f"model: {type(e).__name__}: {e}") from e
@@ -246,6 +256,7 @@ def main(argv):
 
 def run():
   """Entry point with t5x-style --gin.KEY=VALUE rewriting."""
+  define_flags()
   app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))
 
 
