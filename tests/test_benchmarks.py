@@ -129,3 +129,19 @@ def test_write_json_atomic(tmp_path):
   common.write_json_atomic(str(path), {"a": 2})
   assert json.loads(path.read_text()) == {"a": 2}
   assert os.listdir(path.parent) == ["x.json"]
+
+
+def test_report_merges_the_smoke_outputs(smoke_runs, tmp_path):
+  from benchmarks import report
+  pca, train = smoke_runs["pca"]["json"], smoke_runs["train"]["json"]
+  merged = report.merge(pca, train)
+  assert merged["device"] == pca["device"]
+  assert merged["pca_ratio_to_limit"] == pca["pca_ratio_to_limit"]
+  assert merged["pca_speedup_vs_sklearn"] == pca["pca_speedup_vs_sklearn"]
+  assert merged["guide_init_s"] == pca["guide_init_s"]
+  assert merged["mfu"] == train["mfu"] and merged["kd_cost_ratio"] == train["kd_cost_ratio"]
+  assert "--smoke" in merged["commands"]["pca"] and "--smoke" in merged["commands"]["train"]
+  with pytest.raises(ValueError, match="expected the JSON of benchmarks/train.py"):
+    report.merge(pca, pca)
+  with pytest.raises(ValueError, match="different devices"):
+    report.merge(pca, dict(train, device="1 x NVIDIA H100"))
