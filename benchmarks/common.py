@@ -5,7 +5,6 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -18,6 +17,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from guide_jax import model as model_lib  # noqa: E402
 from guide_jax.config import ModelConfig  # noqa: E402
+from guide_jax.data import atomic  # noqa: E402
 
 MODELS_DIR = os.path.join(REPO_ROOT, "gin", "models")
 DEFAULT_VOCAB = 32768
@@ -238,21 +238,8 @@ def device_peak_bytes() -> Optional[int]:
 
 # ----------------------------------------------------------------------------- output
 def write_json_atomic(path: str, data) -> None:
-  """json.dump to a temp file in the same folder, fsync, then os.replace onto `path`."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Indented, key-sorted JSON (numpy scalars as numbers) written atomically (temp file, fsync, rename)."""
+  atomic.atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
 def _json_default(x):

@@ -42,8 +42,8 @@ INFO_FILE = "guide_info.json"
 
 
 def define_flags() -> None:
-  """Define the CLI flags (at run(), not import: guide_jax.train defines some of the same names,
-  e.g. gin_bindings, and absl refuses a second definition from another module)."""
+  """Define the CLI flags at run(), once per process (the student's --gin_bindings is gin_utils'
+  shared flag)."""
   def define(kind, name, default, help_text, **kw):
     if name in flags.FLAGS:
       return
@@ -58,7 +58,6 @@ def define_flags() -> None:
   define("multi_string", "teacher_gin_bindings", [], "t5x teacher only: gin bindings for --teacher_gin.")
   define("integer", "teacher_step", None, "guide_jax teacher: checkpoint step (default: latest).")
   define("string", "student_gin", None, "Student gin file defining MODEL = @ModelConfig().")
-  define("multi_string", "gin_bindings", [], "Student gin bindings; --gin.KEY=VALUE is rewritten to these.")
   define("string", "output_dir", None, "Where to write the student checkpoint.")
   define("enum", "format", "guide_jax", "Output checkpoint format.", enum_values=list(FORMATS))
   define("enum", "blocks", "first", "Blocks given the PCA mapping.", enum_values=list(BLOCKS))

@@ -19,6 +19,7 @@ import gin
 import numpy as np
 
 from guide_jax import gin_utils, metrics
+from guide_jax.data import atomic
 
 flags.DEFINE_bool("dry_run", False, "print the train commands instead of running them.")
 
@@ -123,17 +124,9 @@ def plot(summary: dict, run_dirs: Dict[str, List[str]], path: str) -> None:
   ax2.set(ylabel="gap reduction (%)", title="Teacher-student gap reduction vs baseline")
   ax2.tick_params(axis="x", rotation=30)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
+  with atomic.atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=110)
   plt.close(fig)
-  os.replace(tmp, path)
-
-
-def _write_atomic(path: str, text: str) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 @gin.configurable
@@ -172,9 +165,9 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
   if dry_run:
     return None
   summary = summarize(teacher_result, arm_results, baseline)
-  _write_atomic(os.path.join(output_dir, "results.json"), json.dumps(summary, indent=2))
+  atomic.atomic_write_text(os.path.join(output_dir, "results.json"), json.dumps(summary, indent=2))
   table = markdown_table(summary)
-  _write_atomic(os.path.join(output_dir, "results.md"), table)
+  atomic.atomic_write_text(os.path.join(output_dir, "results.md"), table)
   plot(summary, run_dirs, os.path.join(output_dir, "results.png"))
   print(table)
   print(f"wrote {output_dir}/results.json, results.md, results.png")

@@ -21,6 +21,7 @@ import numpy as np
 
 from guide_jax import checkpoints, gin_utils, metrics, model as model_lib, sharding, trainer
 from guide_jax.config import ModelConfig
+from guide_jax.data import atomic
 from guide_jax.transforms import BLOCKS, OTHER_BLOCKS, LAYER_SELECTIONS, check_dimensions, guide_init
 
 INITS = ("random", "guide")
@@ -41,13 +42,6 @@ def maybe_initialize_distributed() -> None:
     return
   logging.info("process %d of %d, %d global devices", jax.process_index(), jax.process_count(),
                jax.device_count())
-
-
-def _atomic_json(path: str, obj) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def check_run_args(model: ModelConfig, *, train_steps, batch_size, init, teacher_dir, kd_alpha, kd_tau,
@@ -191,7 +185,7 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, trai
   result = {"step": step, "finished": True, "eval_loss": eval_result["loss"], "eval_ppl": eval_result["ppl"],
             "model_config": dataclasses.asdict(model), "tokens_seen": step * tokens_per_step, **run_meta}
   if jax.process_index() == 0:
-    _atomic_json(os.path.join(model_dir, "results.json"), result)
+    atomic.atomic_write_json(os.path.join(model_dir, "results.json"), result)
   return result
 
 

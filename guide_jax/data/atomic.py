@@ -1,6 +1,6 @@
-"""Atomic file writes and content hashing for the data caches.
+"""Atomic file writes (data caches, results.json, sweep tables and plots, benchmark JSON) and hashing.
 
-Every cache file is written to a temporary file in the destination directory
+Every file is written to a temporary file in the destination directory
 and then moved into place with ``os.replace``, so readers (and concurrent
 builders on a shared filesystem) see either the old complete file or the new
 complete file, never a partial one.
