@@ -113,9 +113,7 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, trai
                      f"= devices / model_parallel); set train.num_devices or train.model_parallel")
   optimizer = gin_utils.make_optimizer(train_steps)
   teacher_params = None
-  resuming = (os.path.isdir(checkpoints.checkpoint_dir(model_dir))
-              and checkpoints.manager(model_dir, create=False).latest_step() is not None)
-  if teacher_config is not None and (kd_alpha > 0 or not resuming):  # a resumed GUIDE run needs no teacher
+  if teacher_config is not None:
     teacher_params, _ = checkpoints.load_params(
         teacher_dir, trainer.param_shardings(teacher_config, mesh) if kd_alpha > 0 else None)
 
