@@ -1,10 +1,14 @@
-"""ModelConfig: the shape of a decoder-only transformer, frozen and validated."""
+"""ModelConfig (the shape of a decoder-only transformer) and GuideConfig (how GUIDE maps a teacher
+into it): frozen dataclasses, validated on construction."""
 import dataclasses
 
 POSITION_EMBEDDINGS = ("rope", "relpos")
 MLP_ACTIVATIONS = ("gelu", "silu", "relu")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
+BLOCKS = ("first", "all", "none")
+OTHER_BLOCKS = ("uniform_selection", "random")
+LAYER_SELECTIONS = ("first_n", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,41 @@ class ModelConfig:
     return 2 * matmul_params + 4 * self.n_layers * h * l * seq_len
 
 
-def _check_choice(name, value, choices):
+def _check_choice(name, value, choices, owner="ModelConfig"):
   if value not in choices:
-    raise ValueError(f"ModelConfig.{name} must be one of {choices}, got {value!r}")
+    raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GuideConfig:
+  """How GUIDE maps a teacher into a student (GUIDE_SPEC.md sections 1-3; each field a [choice] knob).
+
+  blocks: which student blocks get the PCA mapping: 'first' (the paper), 'all' or 'none'.
+  other_blocks: how the remaining blocks start: 'uniform_selection' of the teacher's layer, or
+    'random' (the student's own init from PRNGKey(seed)).
+  layer_selection: which teacher layer feeds each student layer: 'first_n' or 'uniform'.
+  center: student table (E_T - mu) M instead of E_T M.
+  seed: PRNG seed of the parts that start at random.
+  """
+  blocks: str = "first"
+  other_blocks: str = "uniform_selection"
+  layer_selection: str = "first_n"
+  center: bool = False
+  seed: int = 0
+
+  def __post_init__(self):
+    _check_choice("blocks", self.blocks, BLOCKS, "GuideConfig")
+    _check_choice("other_blocks", self.other_blocks, OTHER_BLOCKS, "GuideConfig")
+    _check_choice("layer_selection", self.layer_selection, LAYER_SELECTIONS, "GuideConfig")
+    if not isinstance(self.center, bool):
+      raise ValueError(f"GuideConfig.center must be a bool, got {self.center!r}")
+    if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+      raise ValueError(f"GuideConfig.seed must be an int, got {self.seed!r}")
+
+  def replace(self, **changes) -> "GuideConfig":
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def starts_random(self) -> bool:
+    """True when some student block starts from the student's random init."""
+    return self.other_blocks == "random" and self.blocks != "all"

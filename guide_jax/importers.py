@@ -6,9 +6,9 @@ Params come back as numpy float32 in guide_jax.model's t5x tree ({'decoder': {..
 ModelConfig. Notation: d hidden, h query heads, k kv heads, l head_dim, f mlp, V vocab.
 
 Conventions (checked against transformers' modeling_llama / modeling_gemma):
-  * nn.Linear stores [out, in]: q_proj [h*l, d] -> query kernel [d, h, l] = W.T.reshape(d, h, l)
+  * nn.Linear stores [out, in]: q_proj [h*l, d] -> query kernel [d, h*l] = W.T (heads-major)
     / sqrt(l) (t5x folds the attention's 1/sqrt(l) into the query kernel); k/v likewise without
-    the factor; o_proj [d, h*l] -> out kernel [h, l, d] = W.T.reshape(h, l, d).
+    the factor; o_proj [d, h*l] -> out kernel [h*l, d] = W.T.
   * GQA (k < h): our model has as many kv heads as query heads, so each kv head is repeated
     h/k times *consecutively* (np.repeat on the head axis): query head i reads kv head i // (h/k),
     exactly HF's repeat_kv. The forward pass is unchanged; only the parameter count grows.
@@ -193,9 +193,9 @@ def _convert(read, dims, norm_offset: float, embed_scale: float, out_scale: floa
   d, h, k, l, n = (dims[key] for key in "dhkln")
   rep = h // k
 
-  def heads(name, num, scale=1.0):  # [num*l, d] -> [d, h, l]
+  def heads(name, num, scale=1.0):  # [num*l, d] -> [d, h*l] (heads-major; kv heads repeated for GQA)
     kernel = read(name).T.reshape(d, num, l) * np.float32(scale)
-    return np.repeat(kernel, rep, axis=1) if num != h else kernel
+    return (np.repeat(kernel, rep, axis=1) if num != h else kernel).reshape(d, h * l)
 
   decoder = {"token_embedder": {"embedding": read("model.embed_tokens.weight") * np.float32(embed_scale)}}
   for i in range(n):
@@ -206,7 +206,7 @@ def _convert(read, dims, norm_offset: float, embed_scale: float, out_scale: floa
             "query": {"kernel": heads(p + "self_attn.q_proj.weight", h, 1.0 / math.sqrt(l))},
             "key": {"kernel": heads(p + "self_attn.k_proj.weight", k)},
             "value": {"kernel": heads(p + "self_attn.v_proj.weight", k)},
-            "out": {"kernel": read(p + "self_attn.o_proj.weight").T.reshape(h, l, d) * np.float32(out_scale)}},
+            "out": {"kernel": read(p + "self_attn.o_proj.weight").T * np.float32(out_scale)}},
         "pre_mlp_layer_norm": {"scale": read(p + "post_attention_layernorm.weight") + np.float32(norm_offset)},
         "mlp": {"wi_0": {"kernel": read(p + "mlp.gate_proj.weight").T},
                 "wi_1": {"kernel": read(p + "mlp.up_proj.weight").T},
@@ -323,8 +323,8 @@ def export_llama(params: Params, config, out_dir, *, max_position_embeddings: in
     expected.update({
         (lay, "pre_self_attention_layer_norm", "scale"): (d,),
         (lay, "pre_mlp_layer_norm", "scale"): (d,),
-        **{(lay, "self_attention", m, "kernel"): (d, h, l) for m in ("query", "key", "value")},
-        (lay, "self_attention", "out", "kernel"): (h, l, d),
+        **{(lay, "self_attention", m, "kernel"): (d, h * l) for m in ("query", "key", "value")},
+        (lay, "self_attention", "out", "kernel"): (h * l, d),
         (lay, "mlp", "wi_0", "kernel"): (d, f), (lay, "mlp", "wi_1", "kernel"): (d, f),
         (lay, "mlp", "wo", "kernel"): (f, d)})
   if not tied:
@@ -350,14 +350,14 @@ def export_llama(params: Params, config, out_dir, *, max_position_embeddings: in
              "model.norm.weight": get("decoder_norm", "scale")}
   for i in range(n):
     lay, p = f"layers_{i}", f"model.layers.{i}."
-    att = lambda m: get(lay, "self_attention", m, "kernel").reshape(d, h * l).T
+    att = lambda m: get(lay, "self_attention", m, "kernel").T
     tensors.update({
         p + "input_layernorm.weight": get(lay, "pre_self_attention_layer_norm", "scale"),
         p + "post_attention_layernorm.weight": get(lay, "pre_mlp_layer_norm", "scale"),
         p + "self_attn.q_proj.weight": att("query") * np.float32(math.sqrt(l)),
         p + "self_attn.k_proj.weight": att("key"),
         p + "self_attn.v_proj.weight": att("value"),
-        p + "self_attn.o_proj.weight": get(lay, "self_attention", "out", "kernel").reshape(h * l, d).T * inv,
+        p + "self_attn.o_proj.weight": get(lay, "self_attention", "out", "kernel").T * inv,
         p + "mlp.gate_proj.weight": get(lay, "mlp", "wi_0", "kernel").T,
         p + "mlp.up_proj.weight": get(lay, "mlp", "wi_1", "kernel").T,
         p + "mlp.down_proj.weight": get(lay, "mlp", "wo", "kernel").T * inv})

@@ -4,14 +4,16 @@ Parameter tree (exactly t5x/examples/decoder_only, so GUIDE transforms apply to 
   decoder/token_embedder/embedding                       [V, d]      ('vocab', 'embed')
   decoder/relpos_bias/rel_embedding                      [h, B]      ('heads', 'relpos_buckets')  relpos only
   decoder/layers_{i}/pre_self_attention_layer_norm/scale [d]         ('embed',)
-  decoder/layers_{i}/self_attention/{query,key,value}/kernel [d, h, l] ('embed', 'heads', 'kv')
-  decoder/layers_{i}/self_attention/out/kernel           [h, l, d]   ('heads', 'kv', 'embed')
+  decoder/layers_{i}/self_attention/{query,key,value}/kernel [d, h*l] ('embed', 'joined_kv')
+  decoder/layers_{i}/self_attention/out/kernel           [h*l, d]    ('joined_kv', 'embed')
   decoder/layers_{i}/pre_mlp_layer_norm/scale            [d]         ('embed',)
   decoder/layers_{i}/mlp/{wi_0,wi_1}/kernel              [d, f]      ('embed', 'mlp')
   decoder/layers_{i}/mlp/wo/kernel                       [f, d]      ('mlp', 'embed')
   decoder/decoder_norm/scale                             [d]         ('embed',)
   decoder/logits_dense/kernel                            [d, V]      ('embed', 'vocab')  untied only
-As in t5x, attention logits are q.k with no 1/sqrt(l): that factor lives in the query kernel's init.
+As in t5x, attention kernels are stored 2-D and reshaped heads-major ([d, h*l] -> [d, h, l]) only
+inside the forward pass; attention logits are q.k with no 1/sqrt(l): that factor lives in the query
+kernel's init.
 """
 import functools
 import math
@@ -122,16 +124,18 @@ class SelfAttention(nn.Module):
     cfg = self.config
     d, h, l = cfg.d_model, cfg.n_heads, cfg.head_dim
     dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
-    proj = functools.partial(Kernel, in_shape=(d,), out_shape=(h, l), axes=("embed", "heads", "kv"),
+    proj = functools.partial(Kernel, in_shape=(d,), out_shape=(h * l,), axes=("embed", "joined_kv"),
                              dtype=dt, param_dtype=pdt)
-    q = proj(name="query", init_scale=1.0 / l)(x)  # 1/sqrt(l) folded into the query kernel
-    k = proj(name="key")(x)
-    v = proj(name="value")(x)
+    heads = lambda y: y.reshape(y.shape[:-1] + (h, l))  # heads-major, as t5x's DenseGeneral
+    q = heads(proj(name="query", init_scale=1.0 / l)(x))  # 1/sqrt(l) folded into the query kernel
+    k = heads(proj(name="key")(x))
+    v = heads(proj(name="value")(x))
     if cfg.position_embedding == "rope":
       q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
     y = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0,
                                      implementation=cfg.attention_impl if cfg.attention_impl != "xla" else None)
-    return Kernel(in_shape=(h, l), out_shape=(d,), axes=("heads", "kv", "embed"), dtype=dt,
+    y = y.reshape(y.shape[:-2] + (h * l,))
+    return Kernel(in_shape=(h * l,), out_shape=(d,), axes=("joined_kv", "embed"), dtype=dt,
                   param_dtype=pdt, name="out")(y)
 
 

@@ -6,6 +6,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from guide_jax import model
+
 # t5x's standard rules for 1D model parallelism (t5x/partitioning.py standard_logical_axis_rules).
 LOGICAL_AXIS_RULES: Tuple[Tuple[str, Optional[str]], ...] = (
     ("batch", "data"),
@@ -29,9 +31,29 @@ def make_mesh(model_parallel: int = 1, devices: Optional[Sequence[jax.Device]] =
   return Mesh(grid, ("data", "model"))
 
 
-def logical_to_sharding(logical_specs, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
-  """Tree of logical PartitionSpecs -> tree of NamedShardings on `mesh`."""
-  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+def logical_to_sharding(logical_specs, mesh: Mesh, rules=LOGICAL_AXIS_RULES, shapes=None):
+  """Tree of logical PartitionSpecs -> tree of NamedShardings on `mesh`.
+
+  With `shapes` (a matching tree of arrays or ShapeDtypeStructs), a dimension that the mesh
+  axes do not divide evenly (e.g. 4 relpos heads over model=8) stays unsplit instead of failing.
+  """
+  shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+  if shapes is None:
+    return shardings
+
+  def fit(sh, shape):
+    spec = []
+    for dim, axes in zip(shape.shape, tuple(sh.spec) + (None,) * (len(shape.shape) - len(sh.spec))):
+      names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+      spec.append(axes if dim % size == 0 else None)
+    return NamedSharding(mesh, P(*spec))
+  return jax.tree_util.tree_map(fit, shardings, shapes)
+
+
+def param_shardings(config, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+  """Tree of NamedShardings for a guide_jax.model config's params, from its logical axis names."""
+  return logical_to_sharding(model.logical_axes(config), mesh, rules, shapes=model.param_shapes(config))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
