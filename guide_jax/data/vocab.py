@@ -1,7 +1,6 @@
 """SentencePiece vocabulary trained on a corpus' training split, cached by content.
 
     train_vocab(train_path, vocab_size, cache_dir) -> model path
-    get_vocabulary(train_path, vocab_size, cache_dir) -> seqio.SentencePieceVocabulary
 
 Ids follow t5x/seqio: pad=0, eos=1, unk=2, no bos. The corpus writes line breaks inside
 a document as the two characters backslash-n (see corpus.encode_document); that string
@@ -104,15 +103,3 @@ def train_vocab(train_path: str, vocab_size: int, cache_dir: str) -> str:
   )
   atomic.atomic_write_bytes(path, model.getvalue())
   return path
-
-
-def load_vocabulary(model_path: str):
-  """seqio.SentencePieceVocabulary for a trained model file."""
-  import seqio  # pylint: disable=g-import-not-at-top
-
-  return seqio.SentencePieceVocabulary(model_path)
-
-
-def get_vocabulary(train_path: str, vocab_size: int, cache_dir: str):
-  """Trains the model if needed and returns it as a seqio.SentencePieceVocabulary."""
-  return load_vocabulary(train_vocab(train_path, vocab_size, cache_dir))

@@ -1,0 +1,263 @@
+"""Tokenizes a built-in corpus or any registered seqio task/mixture into a prepared-data directory.
+
+    python -m guide_jax.data.prepare --corpus=shakespeare [--vocab_size=8000] [--cache_dir=cache]
+    python -m guide_jax.data.prepare --task_module=my.tasks --task=my_task --output_dir=DIR
+        [--train_split=train] [--validation_split=validation]
+
+A built-in corpus goes to prepared.prepared_dir_for(corpus, cache_dir, vocab_size) unless
+--output_dir is given. A seqio task or mixture (after importing each --task_module, as
+t5x's MIXTURE_OR_TASK_MODULE) contributes its "targets" feature, tokenized with the task's
+own SentencePiece vocabulary, untrimmed and unshuffled (a mixture samples with seed 0 until
+its first task runs out). The directory format is described in prepared.py; it is written
+to a temporary directory and renamed into place, so it is either complete or absent.
+
+This is the only module (with tasks.py, which it uses) that imports seqio and TensorFlow;
+training reads the result with prepared.load_prepared (numpy only).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Iterable, Iterator
+
+import numpy as np
+from absl import app, flags, logging
+
+from guide_jax.data import atomic, prepared
+
+SHARD_TOKENS = 1 << 28  # a shard closes at the first document boundary past this many tokens
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _fix_documents(docs: Iterable[np.ndarray], eos_id: int) -> Iterator[np.ndarray]:
+  """Each document as 1-D int64 ids ending in eos_id (appended when missing)."""
+  for doc in docs:
+    doc = np.asarray(doc, dtype=np.int64).reshape(-1)
+    if doc.size == 0 or doc[-1] != eos_id:
+      doc = np.append(doc, eos_id)
+    yield doc
+
+
+def write_split(docs: Iterable[np.ndarray], out_dir: str, split: str, vocab_size: int,
+                eos_id: int, shard_tokens: int = SHARD_TOKENS) -> dict:
+  """Writes documents (1-D int ids each) as <split>-<i>.npy shards of prepared.shard_dtype.
+
+  Returns the split's manifest entry {"tokens", "docs", "shards": [{"file", "tokens", "bytes",
+  "sha256"}]}. Raises ValueError for an id outside [0, vocab_size) or an empty split.
+  """
+  dtype = prepared.shard_dtype(vocab_size)
+  shards, pending, pending_tokens, num_docs = [], [], 0, 0
+
+  def flush():
+    tokens = np.concatenate(pending).astype(dtype)
+    name = prepared.shard_name(split, len(shards))
+    path = os.path.join(out_dir, name)
+    np.save(path, tokens, allow_pickle=False)
+    shards.append({"file": name, "tokens": int(tokens.size), "bytes": os.path.getsize(path),
+                   "sha256": atomic.sha256_file(path)})
+
+  for doc in _fix_documents(docs, eos_id):
+    if doc.min() < 0 or doc.max() >= vocab_size:
+      raise ValueError(f"split {split!r} document {num_docs} has ids outside [0, {vocab_size}): "
+                       f"min {doc.min()}, max {doc.max()}")
+    pending.append(doc.astype(dtype))
+    pending_tokens += doc.size
+    num_docs += 1
+    if pending_tokens >= shard_tokens:
+      flush()
+      pending, pending_tokens = [], 0
+  if pending:
+    flush()
+  if not shards:
+    raise ValueError(f"split {split!r} produced no documents")
+  return {"tokens": sum(s["tokens"] for s in shards), "docs": num_docs, "shards": shards}
+
+
+def write_prepared(output_dir: str, source: dict, vocab_model: bytes, vocab_size: int,
+                   eos_id: int, split_docs: dict[str, tuple[str, Iterable[np.ndarray]]],
+                   shard_tokens: int = SHARD_TOKENS) -> dict:
+  """Writes a complete prepared-data directory atomically; returns its manifest.
+
+  split_docs: {"train"|"validation": (source split name, iterable of 1-D id arrays)}.
+  Raises FileExistsError if output_dir exists (checked first and again at the rename).
+  """
+  if sorted(split_docs) != sorted(prepared.SPLITS):
+    raise ValueError(f"need documents for exactly {prepared.SPLITS}, got {sorted(split_docs)}")
+  if os.path.exists(output_dir):
+    raise FileExistsError(f"{output_dir} already exists")
+  with atomic.atomic_directory(output_dir) as tmp:
+    vocab_path = os.path.join(tmp, prepared.VOCAB_FILE)
+    with open(vocab_path, "wb") as f:
+      f.write(vocab_model)
+    splits = {}
+    for split in prepared.SPLITS:
+      source_split, docs = split_docs[split]
+      splits[split] = {"source_split": source_split,
+                       **write_split(docs, tmp, split, vocab_size, eos_id, shard_tokens)}
+      logging.info("Prepared %s (%s): %d docs, %d tokens", split, source_split,
+                   splits[split]["docs"], splits[split]["tokens"])
+    manifest = {"format_version": prepared.FORMAT_VERSION, "source": source,
+                "vocab_size": int(vocab_size), "dtype": prepared.shard_dtype(vocab_size).name,
+                "eos_id": int(eos_id),
+                "vocab": {"file": prepared.VOCAB_FILE, "sha256": atomic.sha256_file(vocab_path)},
+                "splits": splits}
+    prepared.check_manifest(manifest)
+    atomic.atomic_write_json(os.path.join(tmp, prepared.MANIFEST), manifest)
+  return manifest
+
+
+# ----------------------------------------------------------------------------- seqio
+
+def import_task_modules(modules: Iterable[str]) -> None:
+  """Imports each module (it registers seqio tasks/mixtures); ValueError naming the failed one."""
+  for module in modules:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise ValueError(f"cannot import --task_module {module!r}: {e}") from e
+
+
+def resolve_task(name: str, splits: dict[str, str]):
+  """(seqio Task or Mixture, its targets SentencePieceVocabulary), checked before any work.
+
+  splits: {"train"|"validation": the task's split name}. Raises ValueError for an unknown
+  name, a missing "targets" feature, a non-SentencePiece vocabulary or a missing split.
+  """
+  from guide_jax.data import tasks  # pylint: disable=g-import-not-at-top (imports TF, seqio)
+
+  seqio = tasks.seqio
+  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  if name not in known:
+    raise ValueError(f"unknown seqio task or mixture {name!r} ({len(known)} registered; "
+                     "import the module that registers it with --task_module)")
+  provider = seqio.get_mixture_or_task(name)
+  feature = provider.output_features.get("targets")
+  if feature is None:
+    raise ValueError(f"{name} has no 'targets' output feature (features: {sorted(provider.output_features)})")
+  vocabulary = feature.vocabulary
+  if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    raise ValueError(f"{name}'s targets vocabulary is {type(vocabulary).__name__}; "
+                     "prepared data needs a seqio.SentencePieceVocabulary")
+  members = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+  for split in splits.values():
+    for task in members:
+      if split not in task.splits:
+        raise ValueError(f"task {task.name} has no split {split!r}; its splits: {sorted(task.splits)}")
+  return provider, vocabulary
+
+
+def task_documents(provider, split: str) -> Iterator[np.ndarray]:
+  """The "targets" of every example of `split`, in order (untrimmed, unshuffled, one epoch)."""
+  ds = provider.get_dataset(sequence_length=None, split=split, shuffle=False, seed=0,
+                            num_epochs=1, use_cached=False)
+  ds = ds.map(lambda ex: ex["targets"])
+  yield from ds.as_numpy_iterator()
+
+
+def prepare_task(name: str, output_dir: str, *, train_split: str = "train",
+                 validation_split: str = "validation", task_modules: Iterable[str] = (),
+                 source: dict | None = None, shard_tokens: int = SHARD_TOKENS) -> dict:
+  """Prepares seqio task/mixture `name` into output_dir; returns the manifest.
+
+  Imports task_modules first. All checks (modules, name, feature, vocabulary, splits,
+  output_dir absent) run before any tokenization.
+  """
+  task_modules = list(task_modules)
+  if os.path.exists(output_dir):
+    raise FileExistsError(f"output directory {output_dir} already exists")
+  import_task_modules(task_modules)
+  splits = {"train": train_split, "validation": validation_split}
+  provider, vocabulary = resolve_task(name, splits)
+  if source is None:
+    source = {"kind": "seqio", "task": name, "task_modules": task_modules,
+              "vocabulary_file": vocabulary.sentencepiece_model_file}
+  eos_id = vocabulary.eos_id
+  if eos_id is None:
+    raise ValueError(f"{name}'s vocabulary has no EOS id; documents could not be separated")
+  split_docs = {s: (splits[s], task_documents(provider, splits[s])) for s in prepared.SPLITS}
+  return write_prepared(output_dir, source, vocabulary.sp_model, vocabulary.vocab_size, eos_id,
+                        split_docs, shard_tokens)
+
+
+def prepare_corpus(corpus: str, cache_dir: str, vocab_size: int, output_dir: str | None = None) -> str:
+  """Builds built-in `corpus` (cached), its vocabulary and seqio task, and prepares it.
+
+  Returns the directory (default prepared.prepared_dir_for(corpus, cache_dir, vocab_size));
+  an existing one is checked (manifest only) and reused.
+  The manifest's source records the corpus files' SHA-256 (its content hash) and statistics.
+  """
+  from guide_jax.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+
+  if corpus not in corpus_lib.CORPORA:
+    raise ValueError(f"unknown corpus {corpus!r}; expected one of {corpus_lib.CORPORA}")
+  output_dir = output_dir or prepared.prepared_dir_for(corpus, cache_dir, vocab_size)
+  if os.path.exists(output_dir):
+    prepared.read_manifest(output_dir)  # complete (renamed into place) unless tampered with
+    logging.info("Corpus %s is already prepared in %s", corpus, output_dir)
+    return output_dir
+  from guide_jax.data import tasks  # pylint: disable=g-import-not-at-top (imports TF, seqio)
+
+  name = tasks.register_lm_task(corpus, cache_dir, vocab_size)
+  stats = corpus_lib.load_complete(corpus_lib.corpus_dir(corpus, cache_dir))["stats_data"]
+  source = {"kind": "corpus", "corpus": corpus, "task": name,
+            "content_sha256": corpus_lib.content_hash(stats),
+            "corpus_splits": stats["splits"], "corpus_sources": stats.get("sources", {}),
+            "corpus_packages": stats.get("packages", {})}
+  try:
+    prepare_task(name, output_dir, source=source)
+  except FileExistsError:
+    if not os.path.isdir(output_dir):
+      raise
+    logging.info("%s was prepared concurrently; using it", output_dir)
+  return output_dir
+
+
+# ----------------------------------------------------------------------------- command line
+
+def _define_flags() -> None:
+  flags.DEFINE_string("corpus", None, "built-in corpus: one of guide_jax.data.corpus.CORPORA")
+  flags.DEFINE_string("task", None, "registered seqio task or mixture name")
+  flags.DEFINE_multi_string("task_module", [], "module(s) to import first; they register --task")
+  flags.DEFINE_string("output_dir", None, "prepared-data directory (required with --task)")
+  flags.DEFINE_string("cache_dir", "cache", "corpus/vocabulary cache (with --corpus)")
+  flags.DEFINE_integer("vocab_size", 8000, "SentencePiece vocabulary size (with --corpus)")
+  flags.DEFINE_string("train_split", "train", "the task's split stored as 'train'")
+  flags.DEFINE_string("validation_split", "validation", "the task's split stored as 'validation'")
+
+
+def run(corpus: str | None, task: str | None, task_modules: list[str], output_dir: str | None,
+        cache_dir: str, vocab_size: int, train_split: str, validation_split: str) -> str:
+  """The command's work, from flag values; returns the prepared directory."""
+  if (corpus is None) == (task is None):
+    raise ValueError("give exactly one of --corpus or --task")
+  if corpus is not None:
+    if task_modules:
+      raise ValueError("--task_module goes with --task, not --corpus")
+    return prepare_corpus(corpus, cache_dir, vocab_size, output_dir)
+  if not output_dir:
+    raise ValueError("--task needs --output_dir")
+  prepare_task(task, output_dir, train_split=train_split, validation_split=validation_split,
+               task_modules=task_modules)
+  return output_dir
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  try:
+    path = run(f.corpus, f.task, f.task_module, f.output_dir, f.cache_dir, f.vocab_size,
+               f.train_split, f.validation_split)
+  except (ValueError, FileExistsError) as e:  # bad input: one clear line, no traceback
+    sys.exit(f"guide_jax.data.prepare: error: {e}")
+  manifest = prepared.read_manifest(path)
+  print(f"prepared {path}: vocab_size {manifest['vocab_size']} ({manifest['dtype']}), "
+        + ", ".join(f"{s} {manifest['splits'][s]['tokens']} tokens" for s in prepared.SPLITS))
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
