@@ -16,6 +16,9 @@ import shutil
 import tempfile
 from typing import IO, Any, Iterator
 
+FILE_MODE = 0o644  # written files: readable by all (like open() under the usual umask 022)
+DIR_MODE = 0o755
+
 
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
@@ -30,6 +33,7 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> I
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
   try:
+    os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600 files; the final file is readable by others
     if mode == "w":
       f = os.fdopen(fd, "w", encoding=encoding, newline="\n")
     else:
@@ -85,6 +89,7 @@ def atomic_directory(path: str) -> Iterator[str]:
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
   try:
+    os.chmod(tmp, DIR_MODE)  # mkdtemp makes 0700 directories
     yield tmp
     for name in os.listdir(tmp):  # flush the contents before they become visible
       fd = os.open(os.path.join(tmp, name), os.O_RDONLY)
