@@ -1,7 +1,7 @@
 """Prepared data: tokenized splits on disk, read with numpy (memmap) only.
 
     load_prepared(path, *, verify=False) -> Prepared(train, validation, vocab_size, vocab_path, ...)
-    prepared_dir_for(corpus, cache_dir, vocab_size) -> <cache_dir>/prepared/<corpus>-v<vocab>-f<format>
+    prepared_dir_for(corpus, cache_dir, vocab_size) -> <cache_dir>/prepared/<corpus>-v<vocab>-...
     ensure_prepared(corpus, cache_dir, vocab_size) -> that directory, prepared if missing
 
 A prepared-data directory (written by `python -m guide_jax.data.prepare`, all at once by
@@ -69,10 +69,16 @@ def shard_name(split: str, index: int) -> str:
 
 
 def prepared_dir_for(corpus: str, cache_dir: str, vocab_size: int) -> str:
-  """Deterministic location of built-in `corpus` prepared with a `vocab_size` vocabulary."""
+  """Deterministic location of built-in `corpus` prepared with a `vocab_size` vocabulary:
+  <cache_dir>/prepared/<corpus>-v<vocab_size>-c<corpus format>-s<vocab model version>-f<format>,
+  so a change of corpus text, vocabulary trainer or file format gets a new directory."""
+  from guide_jax.data import corpus as corpus_lib, vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+
   if not isinstance(corpus, str) or not corpus or os.sep in corpus:
     raise ValueError(f"corpus must be a plain name, got {corpus!r}")
-  return os.path.join(cache_dir, "prepared", f"{corpus}-v{int(vocab_size)}-f{FORMAT_VERSION}")
+  name = (f"{corpus}-v{int(vocab_size)}-c{corpus_lib.CORPUS_FORMAT_VERSION}"
+          f"-s{vocab_lib.MODEL_VERSION}-f{FORMAT_VERSION}")
+  return os.path.join(cache_dir, "prepared", name)
 
 
 def read_manifest(path: str) -> dict:
