@@ -1,6 +1,7 @@
 """ModelConfig (the shape of a decoder-only transformer) and GuideConfig (how GUIDE maps a teacher
 into it): frozen dataclasses, validated on construction."""
 import dataclasses
+from typing import Optional
 
 POSITION_EMBEDDINGS = ("rope", "relpos")
 MLP_ACTIVATIONS = ("gelu", "silu", "relu")
@@ -111,3 +112,55 @@ class GuideConfig:
   def starts_random(self) -> bool:
     """True when some student block starts from the student's random init."""
     return self.other_blocks == "random" and self.blocks != "all"
+
+
+# ---------------------------------------------------------------------------- run configuration
+# train()'s arguments grouped as t5x's DatasetConfig / CheckpointConfig (gin binds their fields).
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """What the run reads. data_dir: a prepared-data directory (python -m guide_jax.data.prepare);
+  without it the built-in `corpus` is prepared under cache_dir on first use (that step imports
+  seqio and TensorFlow; training from prepared data needs neither)."""
+  corpus: str = "shakespeare"
+  data_dir: Optional[str] = None
+  cache_dir: str = "cache"
+  vocab_size: int = 8000
+  seq_len: int = 128
+  batch_size: int = 32
+  eval_max_batches: Optional[int] = None
+
+  def __post_init__(self):
+    for name in ("vocab_size", "seq_len", "batch_size"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"DataConfig.{name} must be a positive int, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """How the run saves and where it may start from.
+
+  init_params_dir: a params-only start (init order step 2): a guide_jax run or convert output
+    whose params (not its optimizer state or step) seed this run.
+  restore_step: resume from this step instead of the latest (e.g. when the latest is corrupt).
+  allow_changed_run: resume even when this run's settings differ from the checkpoint's.
+  """
+  save_every: int = 200
+  keep: int = 2
+  init_params_dir: Optional[str] = None
+  restore_step: Optional[int] = None
+  allow_changed_run: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+  """The teacher (a guide_jax run dir) for GUIDE init and/or KD; kd_alpha = 0 runs no teacher forward."""
+  teacher_dir: Optional[str] = None
+  kd_alpha: float = 0.0
+  kd_tau: float = 1.0
+
+  def __post_init__(self):
+    if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_tau <= 0:
+      raise ValueError(f"TeacherConfig needs 0 <= kd_alpha <= 1 and kd_tau > 0, got alpha={self.kd_alpha}, "
+                       f"tau={self.kd_tau}")

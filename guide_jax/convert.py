@@ -7,12 +7,14 @@ r"""Build a GUIDE-initialized student checkpoint from a teacher checkpoint, offl
 Teacher: a guide_jax run directory (orbax layout of guide_jax.checkpoints; its ModelConfig is read
 from the checkpoint), or with --teacher_format=t5x a t5x checkpoint (<dir>/checkpoint_<step>, or
 the model dir for its latest step) whose shape is given by --teacher_gin (a gin file defining
-MODEL = @ModelConfig(), like gin/models/*.gin) and --teacher_gin_bindings.
+MODEL = @config.ModelConfig(), like gin/t5x/teacher.gin) and --teacher_gin_bindings.
+The teacher is restored in shards onto a mesh over all devices and mapped by the compiled
+guide_init: no device or host holds more than its shards of it.
 Student: --student_gin (same kind of gin file) plus --gin.KEY=VALUE bindings; VOCAB_SIZE defaults
 to the teacher's vocabulary size, and a VOCAB_SIZE binding is applied to a t5x teacher's gin too.
 Output (--format):
-  guide_jax: <output_dir>/checkpoints/0/{params, opt_state, meta} (guide_jax.checkpoints layout;
-             opt_state is a fresh default (AdamW) optax state), readable by checkpoints.load_params.
+  guide_jax: <output_dir>/checkpoints/0/{params, meta}: a params-only guide_jax checkpoint; start a
+             run from it with --gin.INIT_PARAMS_DIR="'<output_dir>'" (the run's own optimizer starts fresh).
   t5x:       <output_dir>/checkpoint_0/state/ (guide_jax.t5x_compat.write_t5x_checkpoint).
   Both also get <output_dir>/guide_info.json (configs, options, explained variance).
 Every check (flags, teacher present and complete and matching its config, student config valid and
@@ -26,15 +28,15 @@ import re
 import shutil
 import sys
 import tempfile
-from typing import Optional, Sequence
+from typing import Optional
 
 from absl import app, flags, logging
-import gin
 import jax
 
-from guide_jax import checkpoints, gin_utils, optim, t5x_compat
-from guide_jax.config import ModelConfig
-from guide_jax.transforms import BLOCKS, LAYER_SELECTIONS, OTHER_BLOCKS, check_dimensions, guide_init
+from guide_jax import checkpoints, gin_utils, sharding, t5x_compat
+from guide_jax.config import BLOCKS, LAYER_SELECTIONS, OTHER_BLOCKS, GuideConfig, ModelConfig
+from guide_jax.data import atomic
+from guide_jax.transforms import check_dimensions, guide_init
 from guide_jax.transforms.select import select_layers
 
 FORMATS = ("guide_jax", "t5x")
@@ -70,40 +72,7 @@ def define_flags() -> None:
   define("boolean", "overwrite", False, "Replace a checkpoint already in --output_dir.")
 
 
-def _return_model(model=gin.REQUIRED):
-  return model
-
-
-def _gin_model_fn():
-  """`_return_model` registered with gin (once per process, whichever module registered it)."""
-  try:
-    return gin.external_configurable(_return_model, "guide_jax_convert_model")
-  except ValueError:  # already registered (e.g. by guide_jax.convert when this is __main__)
-    return gin.get_configurable("guide_jax_convert_model")
-
-
 _VOCAB_BINDING = re.compile(r"^\s*VOCAB_SIZE\s*=")
-
-
-def model_from_gin(gin_file: str, bindings: Sequence[str] = (), defaults: Sequence[str] = ()) -> ModelConfig:
-  """The ModelConfig that `gin_file`'s MODEL macro builds (after defaults, then bindings).
-
-  Parses in a clean gin configuration and clears it again afterwards.
-  """
-  model_fn = _gin_model_fn()
-  gin.clear_config()
-  try:
-    gin_utils.parse([gin_file], [*defaults, *bindings, "guide_jax_convert_model.model = %MODEL"])
-    try:
-      config = model_fn()
-    except Exception as e:  # gin re-raises ModelConfig's ValueError, or an unbound-macro error
-      raise ValueError(f"gin file {gin_file!r} (bindings {list(bindings)}) does not give a valid "
-                       f"model: {type(e).__name__}: {e}") from e
-  finally:
-    gin.clear_config()
-  if not isinstance(config, ModelConfig):
-    raise ValueError(f"gin file {gin_file!r}: MODEL must be @ModelConfig(), got {type(config).__name__}")
-  return config
 
 
 def _output_entries(output_format: str, step: int = 0):
@@ -143,74 +112,64 @@ def _move_into_place(tmp: str, output_dir: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def convert(teacher_dir: str, student_gin: str, output_dir: str, *, gin_bindings: Sequence[str] = (),
-            output_format: str = "guide_jax", teacher_format: str = "guide_jax",
-            teacher_gin: Optional[str] = None, teacher_gin_bindings: Sequence[str] = (),
-            teacher_step: Optional[int] = None, blocks: str = "first",
-            other_blocks: str = "uniform_selection", layer_selection: str = "first_n",
-            center: bool = False, seed: int = 0, overwrite: bool = False) -> dict:
+def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
+            guide: GuideConfig = GuideConfig(), output_format: str = "guide_jax",
+            teacher_format: str = "guide_jax", teacher_config: Optional[ModelConfig] = None,
+            teacher_step: Optional[int] = None, overwrite: bool = False) -> dict:
   """Teacher checkpoint -> GUIDE student checkpoint in output_dir. Returns the guide_info dict.
 
+  teacher_config: required for a t5x teacher (a guide_jax checkpoint carries its own).
   Raises ValueError (checkpoints.CheckpointError / t5x_compat.T5xCheckpointError are ValueErrors)
-  naming the problem, before anything is computed or written. Resets gin's configuration.
+  naming the problem, before anything is computed or written. Touches no gin state.
   """
-  # 1. Flags and paths.
-  for name, value, choices in (("format", output_format, FORMATS), ("teacher_format", teacher_format, FORMATS),
-                               ("blocks", blocks, BLOCKS), ("other_blocks", other_blocks, OTHER_BLOCKS),
-                               ("layer_selection", layer_selection, LAYER_SELECTIONS)):
+  # 1. Arguments and paths.
+  for name, value, choices in (("format", output_format, FORMATS), ("teacher_format", teacher_format, FORMATS)):
     if value not in choices:
       raise ValueError(f"--{name} must be one of {choices}, got {value!r}")
-  for name, value in (("teacher_dir", teacher_dir), ("student_gin", student_gin), ("output_dir", output_dir)):
+  if not isinstance(guide, GuideConfig) or not isinstance(student_config, ModelConfig):
+    raise ValueError("convert needs a GuideConfig and a student ModelConfig")
+  for name, value in (("teacher_dir", teacher_dir), ("output_dir", output_dir)):
     if not value:
       raise ValueError(f"--{name} is required")
   if not os.path.isdir(teacher_dir):
     raise ValueError(f"teacher_dir {teacher_dir!r} does not exist")
   _check_output(output_dir, output_format, overwrite, teacher_dir)
 
-  # 2. Teacher: present, complete, and its config.
+  # 2. Teacher: present, complete, matching its config; the student no larger.
   if teacher_format == "guide_jax":
-    if teacher_gin or teacher_gin_bindings:
-      raise ValueError("--teacher_gin / --teacher_gin_bindings are for --teacher_format=t5x only (a "
-                       "guide_jax checkpoint carries its ModelConfig)")
+    if teacher_config is not None:
+      raise ValueError("a guide_jax teacher checkpoint carries its ModelConfig: give --teacher_gin only "
+                       "with --teacher_format=t5x")
     teacher_config, teacher_step = checkpoints.read_config(teacher_dir, teacher_step)
     teacher_source = f"{checkpoints.checkpoint_dir(teacher_dir)}/{teacher_step}"
   else:
-    if not teacher_gin:
-      raise ValueError("--teacher_format=t5x needs --teacher_gin (a gin file defining MODEL = @ModelConfig())")
+    if teacher_config is None:
+      raise ValueError("--teacher_format=t5x needs --teacher_gin (a gin file defining MODEL)")
     if teacher_step is not None:
       raise ValueError("--teacher_step is for guide_jax teachers; point --teacher_dir at checkpoint_<step>")
-    vocab = [b for b in gin_bindings if _VOCAB_BINDING.match(b)]
-    teacher_config = model_from_gin(teacher_gin, [*vocab, *teacher_gin_bindings])
     teacher_source = os.path.dirname(t5x_compat.find_t5x_checkpoint(teacher_dir))
     t5x_compat.check_t5x_checkpoint(teacher_dir, teacher_config)
-
-  # 3. Student config, no larger than the teacher.
-  student_config = model_from_gin(student_gin, gin_bindings,
-                                  defaults=[f"VOCAB_SIZE = {teacher_config.vocab_size}"])
   check_dimensions(teacher_config, student_config)
-  select_layers(teacher_config.n_layers, student_config.n_layers, layer_selection)
+  select_layers(teacher_config.n_layers, student_config.n_layers, guide.layer_selection)
   logging.info("teacher %s: %s", teacher_source, teacher_config)
   logging.info("student: %s", student_config)
 
-  # 4. Compute (only now).
+  # 3. Compute (only now): the teacher restored in shards, GUIDE compiled on the same mesh.
+  mesh = sharding.make_mesh(model_parallel=jax.device_count())
+  t_sh = sharding.param_shardings(teacher_config, mesh)
   if teacher_format == "guide_jax":
-    teacher_params, _ = checkpoints.load_params(teacher_dir, step=teacher_step)
+    teacher_params, _ = checkpoints.load_params(teacher_dir, t_sh, step=teacher_step)
   else:
-    teacher_params = t5x_compat.load_t5x_params(teacher_dir, teacher_config)
-  template = t5x_compat.student_template(student_config, blocks=blocks, other_blocks=other_blocks, seed=seed)
-  params, info = guide_init(jax.device_get(teacher_params), teacher_config, student_config,
-                            student_params=template, blocks=blocks, other_blocks=other_blocks,
-                            layer_selection=layer_selection, center=center, return_info=True)
-  params = jax.device_get(params)
-  guide_info = {"explained_variance": info["explained_variance"], "teacher_layers": info["teacher_layers"],
-                "blocks": blocks, "other_blocks": other_blocks, "layer_selection": layer_selection,
-                "center": center, "seed": seed, "teacher": teacher_source, "teacher_format": teacher_format,
+    teacher_params = t5x_compat.load_t5x_params(teacher_dir, teacher_config, t_sh)
+  params, info = guide_init(teacher_params, teacher_config, student_config, guide, mesh=mesh)
+  guide_info = {"explained_variance": info.explained_variance, "teacher_layers": list(info.teacher_layers),
+                "guide": dataclasses.asdict(guide), "teacher": teacher_source, "teacher_format": teacher_format,
                 "format": output_format, "teacher_config": dataclasses.asdict(teacher_config),
                 "student_config": dataclasses.asdict(student_config)}
-  logging.info("GUIDE: explained variance %.4f, teacher layers %s", info["explained_variance"],
-               info["teacher_layers"])
+  logging.info("GUIDE: explained variance %.4f, teacher layers %s", info.explained_variance,
+               list(info.teacher_layers))
 
-  # 5. Write into a temporary sibling directory, then move into place.
+  # 4. Write into a temporary sibling directory, then move into place.
   output_dir = os.path.abspath(output_dir)
   parent = os.path.dirname(output_dir)
   os.makedirs(parent, exist_ok=True)
@@ -220,16 +179,14 @@ def convert(teacher_dir: str, student_gin: str, output_dir: str, *, gin_bindings
   os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the output should get the usual mode
   try:
     if output_format == "guide_jax":
-      opt_state = optim.make_optimizer(1).init(params)
-      mngr = checkpoints.manager(tmp, keep=1)
-      checkpoints.save(mngr, 0, params, opt_state, student_config, force=True,
-                       extra={"init": "guide", "explained_variance": info["explained_variance"],
+      mngr = checkpoints.manager(tmp, keep=1, params_only=True)
+      checkpoints.save(mngr, 0, params, None, student_config, force=True,
+                       extra={"init": "guide", "explained_variance": info.explained_variance,
                               "teacher": teacher_source})
       mngr.close()
     else:
-      t5x_compat.write_t5x_checkpoint(tmp, params, step=0)
-    with open(os.path.join(tmp, INFO_FILE), "w") as f:
-      json.dump(guide_info, f, indent=2, sort_keys=True)
+      t5x_compat.write_t5x_checkpoint(tmp, params, student_config, step=0)
+    atomic.atomic_write_json(os.path.join(tmp, INFO_FILE), guide_info)
     _move_into_place(tmp, output_dir)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -242,11 +199,26 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   try:
-    info = convert(f.teacher_dir, f.student_gin, f.output_dir, gin_bindings=f.gin_bindings,
-                   output_format=f.format, teacher_format=f.teacher_format, teacher_gin=f.teacher_gin,
-                   teacher_gin_bindings=f.teacher_gin_bindings, teacher_step=f.teacher_step,
-                   blocks=f.blocks, other_blocks=f.other_blocks, layer_selection=f.layer_selection,
-                   center=f.center, seed=f.seed, overwrite=f.overwrite)
+    if not f.student_gin:
+      raise ValueError("--student_gin is required")
+    guide = GuideConfig(blocks=f.blocks, other_blocks=f.other_blocks, layer_selection=f.layer_selection,
+                        center=f.center, seed=f.seed)
+    teacher_config, vocab = None, [b for b in f.gin_bindings if _VOCAB_BINDING.match(b)]
+    if f.teacher_format == "t5x":
+      if not f.teacher_gin:
+        raise ValueError("--teacher_format=t5x needs --teacher_gin (a gin file defining MODEL)")
+      teacher_config = gin_utils.model_from_gin(f.teacher_gin, [*vocab, *f.teacher_gin_bindings])
+      vocab_size = teacher_config.vocab_size
+    elif f.teacher_gin or f.teacher_gin_bindings:
+      raise ValueError("--teacher_gin / --teacher_gin_bindings are for --teacher_format=t5x only (a "
+                       "guide_jax checkpoint carries its ModelConfig)")
+    else:
+      vocab_size = checkpoints.read_config(f.teacher_dir, f.teacher_step)[0].vocab_size if f.teacher_dir else 0
+    # VOCAB_SIZE defaults to the teacher's; model gins read it as a macro.
+    student_config = gin_utils.model_from_gin(f.student_gin, [f"VOCAB_SIZE = {vocab_size}", *f.gin_bindings])
+    info = convert(f.teacher_dir, student_config, f.output_dir, guide=guide, output_format=f.format,
+                   teacher_format=f.teacher_format, teacher_config=teacher_config,
+                   teacher_step=f.teacher_step, overwrite=f.overwrite)
   except ValueError as e:
     sys.exit(f"guide_jax.convert: error: {e}")
   print(f"explained variance: {info['explained_variance']:.6f}")

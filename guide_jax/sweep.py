@@ -1,7 +1,7 @@
 r"""Gin-driven sweeps: train a teacher, then every arm x seed on the same tokens; tabulate and plot.
 
   python -m guide_jax.sweep --gin_file=gin/sweeps/quickstart.gin
-  python -m guide_jax.sweep --gin_file=gin/sweeps/reproduction.gin --gin.sweep.seeds=[0,1,2]
+  python -m guide_jax.sweep --gin_file=gin/sweeps/reproduction.gin --gin.sweep.sweep.seeds=[0,1,2]
 
 Each run is `python -m guide_jax.train` in a subprocess with the sweep's gin files and bindings, in
 <output_dir>/<arm>/seed_<k> (the teacher in <output_dir>/teacher). A run whose results.json says it
@@ -10,19 +10,19 @@ and results.png in output_dir (atomically).
 """
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from typing import Dict, List, Optional, Sequence
 
 from absl import app, flags, logging
 import gin
 import numpy as np
+import tqdm
 
 from guide_jax import gin_utils, metrics
 from guide_jax.data import atomic
-
-flags.DEFINE_bool("dry_run", False, "print the train commands instead of running them.")
-
 
 def split_spec(spec: Sequence[str]):
   """An arm spec mixes gin files ('*.gin') and bindings ('KEY = VALUE'): -> (files, bindings)."""
@@ -45,24 +45,68 @@ def read_result(run_dir: str) -> Optional[dict]:
   return None
 
 
-def run_once(run_dir: str, gin_files, bindings, dry_run: bool = False) -> Optional[dict]:
-  """Train one run unless it already finished; returns its results.json (None on dry run)."""
+def _die_with_parent() -> None:
+  """preexec_fn: the child gets SIGTERM when the sweep process dies (Linux prctl PDEATHSIG)."""
+  try:
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+  except OSError:
+    pass
+
+
+def _progress(bar, run_dir: str, seen: int) -> int:
+  """Advance a tqdm bar from the run's metrics.jsonl (steps, loss, ETA); returns the last step."""
+  records = metrics.read_metrics(run_dir, "train")
+  if not records:
+    return seen
+  step = max(records)
+  last = records[step]
+  if bar.total is None and last.get("step_time_s"):
+    bar.total = int(round(step + last["eta_s"] / last["step_time_s"]))
+    bar.refresh()
+  bar.update(step - seen)
+  bar.set_postfix(loss=f"{last['loss']:.3f}", refresh=False)
+  return step
+
+
+def run_once(run_dir: str, gin_files, bindings, dry_run: bool = False, label: str = "") -> Optional[dict]:
+  """Train one run unless it already finished; returns its results.json (None on dry run).
+
+  The run's output goes to <run_dir>/train.log; the screen shows one progress bar per run.
+  The child dies with the sweep (SIGTERM on the parent's death, terminate on an exception).
+  """
   done = read_result(run_dir)
   if done is not None:
-    logging.info("finished already: %s (eval ppl %.3f)", run_dir, done["eval_ppl"])
+    print(f"{label or run_dir}: finished already (eval ppl {done['eval_ppl']:.3f})", flush=True)
     return done
   cmd = train_command(gin_files, list(bindings) + [f"MODEL_DIR = '{run_dir}'"])
   if dry_run:
     print(" ".join(cmd))
     return None
-  logging.info("running %s", " ".join(cmd))
-  os.makedirs(os.path.dirname(run_dir) or ".", exist_ok=True)
-  proc = subprocess.run(cmd, stdout=sys.stdout, stderr=sys.stderr)
+  os.makedirs(run_dir, exist_ok=True)
+  log_path = os.path.join(run_dir, "train.log")
+  logging.info("running %s > %s", " ".join(cmd), log_path)
+  with open(log_path, "a") as log, tqdm.tqdm(desc=label or run_dir, unit="step", dynamic_ncols=True) as bar:
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    seen = 0
+    try:
+      while proc.poll() is None:
+        time.sleep(1.0)
+        seen = _progress(bar, run_dir, seen)
+      _progress(bar, run_dir, seen)
+    except BaseException:
+      proc.terminate()
+      proc.wait(timeout=30)
+      raise
   if proc.returncode != 0:
-    raise RuntimeError(f"training run {run_dir} failed with exit code {proc.returncode}")
+    with open(log_path) as f:
+      tail = f.readlines()[-15:]
+    raise RuntimeError(f"training run {run_dir} failed with exit code {proc.returncode}; last lines of "
+                       f"{log_path}:\n" + "".join(tail))
   result = read_result(run_dir)
   if result is None:
-    raise RuntimeError(f"training run {run_dir} ended without a finished results.json")
+    raise RuntimeError(f"training run {run_dir} ended without a finished results.json (see {log_path})")
+  print(f"{label or run_dir}: eval ppl {result['eval_ppl']:.3f}", flush=True)
   return result
 
 
@@ -129,7 +173,6 @@ def plot(summary: dict, run_dirs: Dict[str, List[str]], path: str) -> None:
   plt.close(fig)
 
 
-@gin.configurable
 def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretrain.gin",),
           teacher: Sequence[str] = gin.REQUIRED, student: Sequence[str] = gin.REQUIRED,
           arms: Dict[str, Sequence[str]] = gin.REQUIRED, seeds: Sequence[int] = (0,),
@@ -151,14 +194,14 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
   output_dir = os.path.abspath(output_dir)
   teacher_dir = os.path.join(output_dir, "teacher")
   files, bindings = split_spec(list(base) + list(teacher))
-  teacher_result = run_once(teacher_dir, files, bindings, dry_run)
+  teacher_result = run_once(teacher_dir, files, bindings, dry_run, label="teacher")
   arm_results, run_dirs = {}, {}
   for name, spec in arms.items():
     for seed in seeds:
       run_dir = os.path.join(output_dir, name, f"seed_{seed}")
       files, bindings = split_spec(list(base) + list(student) + list(spec))
       bindings = bindings + [f"TEACHER_DIR = '{teacher_dir}'", f"SEED = {seed}"]
-      result = run_once(run_dir, files, bindings, dry_run)
+      result = run_once(run_dir, files, bindings, dry_run, label=f"{name} seed {seed}")
       if result is not None:
         arm_results.setdefault(name, []).append(result)
         run_dirs.setdefault(name, []).append(run_dir)
@@ -178,12 +221,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   gin_utils.parse(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings)
-  sweep(dry_run=flags.FLAGS.dry_run)
+  metrics.quiet_library_logs()
+  gin.get_configurable(sweep)(dry_run=flags.FLAGS.dry_run)  # registered by the gin file
 
 
 def run():
+  if "dry_run" not in flags.FLAGS:
+    flags.DEFINE_bool("dry_run", False, "print the train commands instead of running them.")
   app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))
 
 
 if __name__ == "__main__":
-  run()
+  # Run the importable module's sweep (the one gin files name as guide_jax.sweep.sweep), not __main__'s.
+  from guide_jax import sweep as _sweep_module  # pylint: disable=import-self
+  _sweep_module.run()

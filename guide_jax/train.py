@@ -3,14 +3,23 @@ r"""Pretrain a model (teacher or student), optionally GUIDE-initialized and/or d
   python -m guide_jax.train --gin_file=gin/runs/pretrain.gin --gin_file=gin/models/tiny_student.gin \
       --gin.MODEL_DIR="'runs/student'" --gin.TRAIN_STEPS=300
 
+Init order (the first that applies wins; t5x/train.py and MaxText's base.yml keep the same list):
+  1. resume: MODEL_DIR holds a checkpoint -> its params, optimizer state and step.
+  2. params only: CheckpointConfig.init_params_dir (INIT_PARAMS_DIR) -> its params, a fresh
+     optimizer state, step 0 (guide_jax.convert's output works here).
+  3. GUIDE: train.init = 'guide' -> guide_init from the teacher, compiled and sharded.
+  4. random: model.init_params(PRNGKey(seed)).
+
 Multi-process: set GUIDE_JAX_COORDINATOR=host:port, GUIDE_JAX_NUM_PROCESSES, GUIDE_JAX_PROCESS_ID
 (CPU/GPU clusters), or GUIDE_JAX_DISTRIBUTED=1 on Cloud TPU pods; jax.distributed is initialized
 before anything else. Each process feeds its slice of every global batch; orbax writes once.
 """
+import contextlib
 import dataclasses
 import itertools
 import json
 import os
+import sys
 import time
 from typing import Optional
 
@@ -18,14 +27,17 @@ from absl import app, flags, logging
 import gin
 import jax
 import numpy as np
+import optax
+from jax.experimental import multihost_utils
 
-from guide_jax import checkpoints, gin_utils, metrics, model as model_lib, sharding, trainer
-from guide_jax.config import ModelConfig
+from guide_jax import checkpoints, gin_utils, metrics, runlock, sharding, trainer
+from guide_jax.config import (CheckpointConfig, DataConfig, GuideConfig, ModelConfig, TeacherConfig)
 from guide_jax.data import atomic
-from guide_jax.transforms import BLOCKS, OTHER_BLOCKS, LAYER_SELECTIONS, check_dimensions, guide_init
+from guide_jax.transforms import check_dimensions, check_finite, guide_init
 
 INITS = ("random", "guide")
-
+# Settings a resumed run must share with its checkpoint (CheckpointConfig.allow_changed_run waives).
+RESUME_KEYS = ("data", "seq_len", "batch_size", "seed", "init", "kd_alpha", "kd_tau", "guide")
 
 
 def maybe_initialize_distributed() -> None:
@@ -44,126 +56,208 @@ def maybe_initialize_distributed() -> None:
                jax.device_count())
 
 
-def check_run_args(model: ModelConfig, *, train_steps, batch_size, init, teacher_dir, kd_alpha, kd_tau,
-                   blocks, other_blocks, layer_selection):
-  """All argument checks that need no data: one ValueError naming the problem.
-
-  Returns the teacher's ModelConfig (read from its checkpoint metadata) or None.
-  """
-  if not isinstance(model, ModelConfig):
-    raise ValueError("train.model must be a ModelConfig (bind train.model = @ModelConfig())")
-  if train_steps < 1 or batch_size < 1:
-    raise ValueError(f"TRAIN_STEPS ({train_steps}) and BATCH_SIZE ({batch_size}) must be positive")
-  if batch_size % jax.process_count():
-    raise ValueError(f"BATCH_SIZE {batch_size} must divide by the process count {jax.process_count()}")
+def check_run_args(model: ModelConfig, optimizer, train_steps: int, init: str, guide: GuideConfig,
+                   teacher: TeacherConfig, data: DataConfig, checkpoint: CheckpointConfig) -> None:
+  """Every argument check that needs no file: one ValueError naming the problem."""
+  for name, value, kind in (("model", model, ModelConfig), ("guide", guide, GuideConfig),
+                            ("teacher", teacher, TeacherConfig), ("data", data, DataConfig),
+                            ("checkpoint", checkpoint, CheckpointConfig)):
+    if not isinstance(value, kind):
+      raise ValueError(f"train.{name} must be a {kind.__name__} (bind train.{name} = @config.{kind.__name__}()), "
+                       f"got {type(value).__name__}")
+  if not isinstance(optimizer, optax.GradientTransformation):
+    raise ValueError("train.optimizer must be an optax GradientTransformation "
+                     "(bind train.optimizer = @optim.make_optimizer())")
+  if not isinstance(train_steps, int) or train_steps < 1:
+    raise ValueError(f"TRAIN_STEPS must be a positive int, got {train_steps!r}")
+  if data.batch_size % jax.process_count():
+    raise ValueError(f"BATCH_SIZE {data.batch_size} must divide by the process count {jax.process_count()}")
   if init not in INITS:
     raise ValueError(f"train.init must be one of {INITS}, got {init!r}")
-  if not 0.0 <= kd_alpha <= 1.0 or kd_tau <= 0:
-    raise ValueError(f"need 0 <= kd_alpha <= 1 and kd_tau > 0, got alpha={kd_alpha}, tau={kd_tau}")
-  for name, value, choices in (("blocks", blocks, BLOCKS), ("other_blocks", other_blocks, OTHER_BLOCKS),
-                               ("layer_selection", layer_selection, LAYER_SELECTIONS)):
-    if value not in choices:
-      raise ValueError(f"train.{name} must be one of {choices}, got {value!r}")
-  if init != "guide" and kd_alpha == 0:
-    return None
-  if not teacher_dir:
-    raise ValueError("train.teacher_dir is required for init='guide' or kd_alpha > 0")
-  teacher, _ = checkpoints.read_config(teacher_dir)
-  if teacher.vocab_size != model.vocab_size:
-    raise ValueError(f"teacher/student vocab mismatch: teacher vocab_size {teacher.vocab_size} != "
+  if init == "guide" and checkpoint.init_params_dir:
+    raise ValueError("train.init='guide' and CheckpointConfig.init_params_dir are two starts: choose one")
+  if (init == "guide" or teacher.kd_alpha > 0) and not teacher.teacher_dir:
+    raise ValueError("TeacherConfig.teacher_dir (TEACHER_DIR) is required for init='guide' or kd_alpha > 0")
+
+
+def resume_step(model_dir: str, restore_step: Optional[int]) -> Optional[int]:
+  """The step this run resumes from (None: a fresh run), the same on every process.
+
+  Read from the checkpoint listing by process 0 and broadcast, so that every process makes the
+  same choice (e.g. to load no teacher) and compiles the same collectives.
+  """
+  step = -1
+  if jax.process_index() == 0 and os.path.isdir(checkpoints.checkpoint_dir(model_dir)):
+    mngr = checkpoints.manager(model_dir, create=False)
+    steps = mngr.all_steps()
+    if restore_step is not None:
+      if restore_step not in steps:
+        raise checkpoints.CheckpointError(f"CheckpointConfig.restore_step={restore_step} is not a checkpoint "
+                                          f"of {model_dir} (have {sorted(steps)})")
+      step = restore_step
+    elif steps:
+      step = max(steps)
+  if jax.process_count() > 1:
+    step = int(multihost_utils.broadcast_one_to_all(np.int32(step)))
+  return None if step < 0 else step
+
+
+def check_resume(model_dir: str, step: int, model: ModelConfig, run_meta: dict, allow_changed: bool) -> None:
+  """Refuse to resume a checkpoint written by another model, or (unless allowed) other settings."""
+  meta = checkpoints.read_meta(model_dir, step)
+  saved_model = meta.get("model_config", {})
+  mine = dataclasses.asdict(model)
+  diff = [f"{k}: checkpoint {saved_model.get(k)!r} != this run {mine[k]!r}" for k in mine
+          if saved_model.get(k) != mine[k] and k in ModelConfig.__dataclass_fields__]
+  shape_keys = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_dim", "tie_embeddings",
+                "position_embedding", "relpos_buckets", "param_dtype")
+  if any(saved_model.get(k) != mine[k] for k in shape_keys):
+    raise ValueError(f"{model_dir} holds a checkpoint (step {step}) of another model: " + "; ".join(diff)
+                     + ". Use a new MODEL_DIR for this model.")
+  changed = [f"{k}: checkpoint {meta.get(k)!r} != this run {run_meta[k]!r}" for k in RESUME_KEYS
+             if k in meta and meta.get(k) != run_meta[k]] + diff
+  if changed and not allow_changed:
+    raise ValueError(f"{model_dir} was started with other settings (step {step}): " + "; ".join(changed)
+                     + ". Resume with the same settings, use a new MODEL_DIR, or set "
+                     "CheckpointConfig.allow_changed_run = True to continue anyway.")
+  if changed:
+    logging.warning("resuming %s with changed settings: %s", model_dir, "; ".join(changed))
+
+
+def load_teacher(teacher: TeacherConfig, model: ModelConfig, init: str, mesh):
+  """(params on their shardings, ModelConfig) of the teacher, checked before anything is written."""
+  teacher_config, _ = checkpoints.read_config(teacher.teacher_dir)
+  if teacher_config.vocab_size != model.vocab_size:
+    raise ValueError(f"teacher/student vocab mismatch: teacher vocab_size {teacher_config.vocab_size} != "
                      f"student {model.vocab_size}")
   if init == "guide":
-    check_dimensions(teacher, model)
-  return teacher
+    check_dimensions(teacher_config, model)
+  params, _ = checkpoints.load_params(teacher.teacher_dir, sharding.param_shardings(teacher_config, mesh))
+  check_finite(params, f"teacher params ({teacher.teacher_dir})")
+  return params, teacher_config
 
 
-@gin.configurable(denylist=["rewrite_flags"])
-def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, train_steps: int = 1000,
-          batch_size: int = 32, seq_len: int = 128, corpus: str = "shakespeare", vocab_size: int = 8000,
-          cache_dir: str = "cache", seed: int = 0, init: str = "random", teacher_dir: Optional[str] = None,
-          blocks: str = "first", other_blocks: str = "uniform_selection", layer_selection: str = "first_n",
-          center: bool = False, kd_alpha: float = 0.0, kd_tau: float = 1.0, model_parallel: int = 1,
-          num_devices: Optional[int] = None,
-          eval_every: int = 200, eval_max_batches: Optional[int] = None, save_every: int = 200,
-          keep_checkpoints: int = 2, log_every: int = 20, stop_after: Optional[int] = None,
-          rewrite_flags=None) -> dict:
-  """Train `model` for train_steps on `corpus`; returns (and writes model_dir/results.json) the final eval.
+def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
+          optimizer: optax.GradientTransformation = gin.REQUIRED, train_steps: int = 1000,
+          init: str = "random", guide: GuideConfig = GuideConfig(), teacher: TeacherConfig = TeacherConfig(),
+          data: DataConfig = DataConfig(), checkpoint: CheckpointConfig = CheckpointConfig(), seed: int = 0,
+          eval_every: int = 200, log_every: int = 20, model_parallel: int = 1,
+          num_devices: Optional[int] = None, stop_after: Optional[int] = None) -> dict:
+  """Train `model` for train_steps; returns (and writes model_dir/results.json) the final eval.
 
-  init='guide' builds the start from teacher_dir's checkpoint with guide_jax.transforms.guide_init;
-  kd_alpha > 0 distills from the same teacher inside the step. Resumes from model_dir's latest
-  complete checkpoint. stop_after: end (with a checkpoint) after that many steps of this process,
-  leaving the run resumable (used by tests and preemptible jobs).
+  stop_after: end (with a checkpoint) after that many steps of this process, leaving the run
+  resumable (tests, preemptible jobs). A non-finite loss or parameter stops the run without
+  saving: results.json then says finished=false with the error and the last good step.
   """
-  del rewrite_flags
-  teacher_config = check_run_args(model, train_steps=train_steps, batch_size=batch_size, init=init,
-                                  teacher_dir=teacher_dir, kd_alpha=kd_alpha, kd_tau=kd_tau,
-                                  blocks=blocks, other_blocks=other_blocks, layer_selection=layer_selection)
-  from guide_jax.data import batches as batches_lib, pipeline  # seqio / TF only for runs with data
-  train_tokens, validation_tokens, vocab = pipeline.load_lm_data(corpus, cache_dir, vocab_size, seq_len)
-  if vocab.vocab_size != model.vocab_size:
-    raise ValueError(f"model vocab_size {model.vocab_size} != tokenizer vocab size {vocab.vocab_size} "
-                     f"(bind ModelConfig.vocab_size = %VOCAB_SIZE)")
-  batches = batches_lib.LMBatches(train_tokens, seq_len, batch_size, seed=seed)
-  eval_batches = lambda: itertools.islice(batches_lib.eval_batches(
-      validation_tokens, seq_len, batch_size, jax.process_index(), jax.process_count()), eval_max_batches)
-
+  # ----------------------------------------------------------------------------- checks
+  check_run_args(model, optimizer, train_steps, init, guide, teacher, data, checkpoint)
   mesh = sharding.make_mesh(model_parallel, jax.devices()[:num_devices] if num_devices else None)
-  if batch_size % mesh.shape["data"]:
-    raise ValueError(f"BATCH_SIZE {batch_size} must divide by the mesh's data axis ({mesh.shape['data']} "
+  if data.batch_size % mesh.shape["data"]:
+    raise ValueError(f"BATCH_SIZE {data.batch_size} must divide by the mesh's data axis ({mesh.shape['data']} "
                      f"= devices / model_parallel); set train.num_devices or train.model_parallel")
-  optimizer = gin_utils.make_optimizer(train_steps)
-  teacher_params = None
-  if teacher_config is not None:
-    teacher_params, _ = checkpoints.load_params(
-        teacher_dir, trainer.param_shardings(teacher_config, mesh) if kd_alpha > 0 else None)
-
-  os.makedirs(model_dir, exist_ok=True)  # all checks passed: now we may write
-  mngr = checkpoints.manager(model_dir, keep=keep_checkpoints)
-  start = mngr.latest_step()
+  run_meta = {"data": data.data_dir or data.corpus, "seq_len": data.seq_len, "batch_size": data.batch_size,
+              "seed": seed, "init": "params" if checkpoint.init_params_dir else init,
+              "kd_alpha": teacher.kd_alpha, "kd_tau": teacher.kd_tau,
+              "guide": dataclasses.asdict(guide) if init == "guide" else None}
+  start = resume_step(model_dir, checkpoint.restore_step)
   if start is not None:
-    p_sh = trainer.param_shardings(model, mesh)
-    abstract = lambda tree, sh: jax.tree_util.tree_map(
-        lambda s, x: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=x), tree, sh)
-    abstract_params = abstract(model_lib.param_shapes(model), p_sh)
-    abstract_opt = abstract(jax.eval_shape(optimizer.init, model_lib.param_shapes(model)),
-                            trainer.opt_state_shardings(optimizer, model, mesh, p_sh))
-    restored = checkpoints.restore(mngr, start, abstract_params, abstract_opt)
-    params, opt_state = restored["params"], restored["opt_state"]
-    logging.info("resumed %s at step %d", model_dir, start)
-  else:
-    start = 0
-    rng = jax.random.PRNGKey(seed)
-    params = trainer.init_random(model, rng, mesh)
-    if init == "guide":
-      host_teacher = jax.device_get(teacher_params)
-      params, info = guide_init(host_teacher, teacher_config, model, student_params=jax.device_get(params),
-                                blocks=blocks, other_blocks=other_blocks, layer_selection=layer_selection,
-                                center=center, mesh=mesh, return_info=True)
-      params = trainer.host_to_global(params, trainer.param_shardings(model, mesh))
-      logging.info("GUIDE init from %s: explained variance %.4f, teacher layers %s",
-                   teacher_dir, info["explained_variance"], info["teacher_layers"])
-    opt_state = trainer.init_opt_state(optimizer, model, params, mesh)
-  if kd_alpha == 0:
-    teacher_params = None  # no teacher forward is compiled
+    check_resume(model_dir, start, model, run_meta, checkpoint.allow_changed_run)
+  if checkpoint.init_params_dir and start is None:
+    init_config, _ = checkpoints.read_config(checkpoint.init_params_dir)
+    if init_config != model:
+      raise ValueError(f"init_params_dir {checkpoint.init_params_dir} holds a {init_config} checkpoint, "
+                       f"not this run's {model}")
 
-  step_fn = trainer.make_train_step(model, optimizer, mesh, teacher_config=teacher_config, alpha=kd_alpha,
-                                    tau=kd_tau)
+  # ----------------------------------------------------------------------------- teacher
+  # Loaded only when this run will use it: KD, or a fresh GUIDE start (decided identically everywhere).
+  teacher_params, teacher_config = None, None
+  if teacher.kd_alpha > 0 or (init == "guide" and start is None):
+    teacher_params, teacher_config = load_teacher(teacher, model, init, mesh)
+
+  # ----------------------------------------------------------------------------- data
+  from guide_jax.data import batches as batches_lib, prepared  # numpy + sentencepiece only
+  data_dir = data.data_dir or prepared.ensure_prepared(data.corpus, data.cache_dir, data.vocab_size)
+  tokens = prepared.load_prepared(data_dir)
+  if tokens.vocab_size != model.vocab_size:
+    raise ValueError(f"model vocab_size {model.vocab_size} != the data's vocabulary size {tokens.vocab_size} "
+                     f"({data_dir}); bind VOCAB_SIZE = {tokens.vocab_size}")
+  for split, stream in (("train", tokens.train), ("validation", tokens.validation)):
+    if stream.size < data.seq_len + 1:
+      raise ValueError(f"{data_dir} {split} has {stream.size} tokens, fewer than one row of {data.seq_len + 1}")
+  batches = batches_lib.LMBatches(tokens.train, data.seq_len, data.batch_size, seed=seed)
+  eval_batches = lambda: itertools.islice(batches_lib.eval_batches(
+      tokens.validation, data.seq_len, data.batch_size, jax.process_index(), jax.process_count()),
+      data.eval_max_batches)
+
+  # ----------------------------------------------------------------------------- state
+  os.makedirs(model_dir, exist_ok=True)  # all checks passed: now we may write
+  with runlock.hold(model_dir) if jax.process_index() == 0 else contextlib.nullcontext():
+    state = trainer.abstract_state(model, optimizer, mesh)
+    mngr = checkpoints.manager(model_dir, keep=checkpoint.keep)
+    if start is not None:                                                 # 1. resume
+      restored = checkpoints.restore(mngr, start, state.params, state.opt_state)
+      params, opt_state = restored["params"], restored["opt_state"]
+      logging.info("resumed %s at step %d", model_dir, start)
+    else:
+      if checkpoint.init_params_dir:                                      # 2. params only
+        params, _ = checkpoints.load_params(checkpoint.init_params_dir, state.param_shardings)
+        logging.info("params from %s, fresh optimizer state", checkpoint.init_params_dir)
+      elif init == "guide":                                               # 3. GUIDE
+        params, info = guide_init(teacher_params, teacher_config, model, guide, mesh=mesh)
+        logging.info("GUIDE init from %s: explained variance %.4f, teacher layers %s",
+                     teacher.teacher_dir, info.explained_variance, list(info.teacher_layers))
+      else:                                                               # 4. random
+        params = trainer.init_random(state, model, jax.random.PRNGKey(seed))
+      opt_state = trainer.init_opt_state(state, optimizer, params)
+      start = 0
+    if teacher.kd_alpha == 0:
+      teacher_params = None  # no teacher forward is compiled
+    return _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, teacher_params,
+                 teacher_config, teacher, data, batches, eval_batches, start, train_steps, stop_after,
+                 eval_every, log_every, checkpoint.save_every, run_meta)
+
+
+def _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, teacher_params, teacher_config,
+          teacher, data, batches, eval_batches, start, train_steps, stop_after, eval_every, log_every,
+          save_every, run_meta) -> dict:
+  """The training loop: steps, logs, evals, checkpoints, the NaN guard, results.json."""
+  # ----------------------------------------------------------------------------- compile
+  step_fn = trainer.make_train_step(model, optimizer, mesh, state, teacher_config=teacher_config,
+                                    alpha=teacher.kd_alpha, tau=teacher.kd_tau)
   eval_fn = trainer.make_eval_step(model, mesh)
-  run_meta = {"corpus": corpus, "seq_len": seq_len, "batch_size": batch_size, "init": init,
-              "kd_alpha": kd_alpha, "seed": seed}
   writer = metrics.Writer(model_dir)
-  tokens_per_step = batch_size * seq_len
+  tokens_per_step = data.batch_size * data.seq_len
+  results_path = os.path.join(model_dir, "results.json")
+
+  def fail(step, what):
+    last = mngr.latest_step()
+    result = {"step": step, "finished": False, "last_good_step": last,
+              "error": f"{what} at step {step}; stopped without saving it. The last good checkpoint is "
+                       f"step {last}: lower the learning rate or fix the data and rerun to resume from it."}
+    if jax.process_index() == 0:
+      atomic.atomic_write_json(results_path, result)
+    writer.close()
+    logging.error(result["error"])
+    return result
+
+  # ----------------------------------------------------------------------------- train
   step, eval_result = start, None
   if start == 0:  # where each init starts: GUIDE's head start shows here
-    writer.eval(0, trainer.evaluate(eval_fn, params, eval_batches(), mesh))
+    eval_result = trainer.evaluate(eval_fn, params, eval_batches(), mesh)
+    if not np.isfinite(eval_result["loss"]):
+      return fail(0, "non-finite initial eval loss")
+    writer.eval(0, eval_result)
   last_log = (start, time.time())
   end = train_steps if stop_after is None else min(train_steps, start + stop_after)
   while step < end:
     local = batches.batch(step, jax.process_index(), jax.process_count())
     params, opt_state, m = step_fn(params, opt_state, trainer.global_batch(local, mesh), teacher_params)
     step += 1
-    if step % log_every == 0 or step == end:
+    saving = step % save_every == 0 or step == end
+    if step % log_every == 0 or step == end or saving:
       m = {k: float(v) for k, v in jax.device_get(m).items()}
+      if not m.pop("finite"):
+        return fail(step, f"non-finite loss ({m['loss']}) or parameters")
       now = time.time()
       step_time = (now - last_log[1]) / (step - last_log[0])
       m.update(step_time_s=step_time, tokens_per_s=tokens_per_step / step_time,
@@ -172,10 +266,14 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, trai
       last_log = (step, now)
     if step % eval_every == 0 or step == train_steps:
       eval_result = trainer.evaluate(eval_fn, params, eval_batches(), mesh)
+      if not np.isfinite(eval_result["loss"]):
+        return fail(step, "non-finite eval loss")
       writer.eval(step, eval_result)
-    if step % save_every == 0 or step == end:
+    if saving:
       checkpoints.save(mngr, step, params, opt_state, model, extra=run_meta, force=True)
   writer.close()
+
+  # ----------------------------------------------------------------------------- results
   if step < train_steps:
     return {"step": step, "finished": False}
   if eval_result is None:  # resumed at the last step
@@ -183,7 +281,7 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED, trai
   result = {"step": step, "finished": True, "eval_loss": eval_result["loss"], "eval_ppl": eval_result["ppl"],
             "model_config": dataclasses.asdict(model), "tokens_seen": step * tokens_per_step, **run_meta}
   if jax.process_index() == 0:
-    atomic.atomic_write_json(os.path.join(model_dir, "results.json"), result)
+    atomic.atomic_write_json(results_path, result)
   return result
 
 
@@ -193,15 +291,18 @@ def main(argv):
   maybe_initialize_distributed()
   metrics.quiet_library_logs()
   gin_utils.parse(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings)
-  result = train()
+  result = gin.get_configurable(train)()  # registered by the gin files' dynamic_registration
   print(json.dumps(result))
+  if result.get("error"):
+    sys.exit(f"guide_jax.train: error: {result['error']}")
 
 
 def run():
   """Entry point with t5x-style --gin.KEY=VALUE rewriting."""
-  import sys
   app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))
 
 
 if __name__ == "__main__":
-  run()
+  # Run the importable module's train (the one gin files name as guide_jax.train.train), not __main__'s.
+  from guide_jax import train as _train_module  # pylint: disable=import-self
+  _train_module.run()

@@ -4,13 +4,13 @@ One jitted step: student forward (+ frozen teacher forward when alpha > 0) -> lo
 optax update, with params / optimizer state sharded by t5x logical-axis rules and the batch split
 over 'data'. Parameters and optimizer state are donated.
 """
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from guide_jax import losses, model, sharding
 from guide_jax.config import ModelConfig
@@ -19,37 +19,34 @@ BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_wei
               "decoder_segment_ids", "decoder_positions")
 
 
-def param_shardings(config: ModelConfig, mesh: Mesh):
-  """Tree of NamedShardings for config's params, from its logical axis names."""
-  return sharding.logical_to_sharding(model.logical_axes(config), mesh)
+class AbstractState(NamedTuple):
+  """The train state as sharded jax.ShapeDtypeStructs (no memory): built once per run."""
+  params: Any
+  opt_state: Any
+
+  @property
+  def param_shardings(self):
+    return jax.tree_util.tree_map(lambda x: x.sharding, self.params)
+
+  @property
+  def opt_state_shardings(self):
+    return jax.tree_util.tree_map(lambda x: x.sharding, self.opt_state)
 
 
-def opt_state_shardings(optimizer: optax.GradientTransformation, config: ModelConfig, mesh: Mesh,
-                        params_sharding):
-  """Optimizer-state leaves shaped like a param (Adam moments) get that param's sharding;
-  other leaves (counts, Adafactor's factored moments) are replicated."""
-  flat_params = {tuple(str(k) for k in path): (leaf.shape, sh) for (path, leaf), sh in zip(
-      jax.tree_util.tree_flatten_with_path(model.param_shapes(config))[0],
-      jax.tree_util.tree_leaves(params_sharding))}
-  abstract = jax.eval_shape(optimizer.init, model.param_shapes(config))
-
-  def pick(path, leaf):
-    keys = tuple(str(k) for k in path)
-    for start in range(len(keys)):
-      match = flat_params.get(keys[start:])
-      if match is not None and match[0] == leaf.shape:
-        return match[1]
-    return sharding.replicated(mesh)
-
-  return jax.tree_util.tree_map_with_path(pick, abstract)
-
-
-def host_to_global(tree, shardings):
-  """Host numpy/jax arrays, identical on every process -> global jax.Arrays on `shardings`."""
-  def put(x, sh):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
-  return jax.tree_util.tree_map(put, tree, shardings)
+def abstract_state(config: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh) -> AbstractState:
+  """Params from the logical-axis rules; optimizer-state leaves that mirror a param (Adam moments)
+  take that param's sharding via optax.tree_map_params, the rest (counts, factored moments) are
+  replicated. As MaxText's get_abstract_state: one place decides how the state is laid out."""
+  p_sh = sharding.param_shardings(config, mesh)
+  shapes = model.param_shapes(config)
+  params = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, p_sh)
+  opt_shapes = jax.eval_shape(optimizer.init, shapes)
+  rep = sharding.replicated(mesh)
+  with_sharding = lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh)
+  opt_sh = optax.tree_map_params(optimizer, lambda s, sh: sh, opt_shapes, p_sh,
+                                 transform_non_params=lambda _: rep)
+  opt_state = jax.tree_util.tree_map(with_sharding, opt_shapes, opt_sh)
+  return AbstractState(params, opt_state)
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
@@ -63,19 +60,19 @@ def _forward(config, params, batch):
                      batch["decoder_positions"])
 
 
-def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh, *,
-                    teacher_config: Optional[ModelConfig] = None, alpha: float = 0.0,
-                    tau: float = 1.0) -> Callable:
+def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
+                    state: AbstractState, *, teacher_config: Optional[ModelConfig] = None,
+                    alpha: float = 0.0, tau: float = 1.0) -> Callable:
   """step(params, opt_state, batch, teacher_params) -> (params, opt_state, metrics).
 
-  alpha == 0 compiles no teacher forward at all (teacher_params may be None).
+  alpha == 0 compiles no teacher forward at all (teacher_params may be None). metrics['finite']
+  is 1.0 when the loss and every updated parameter are finite (the run's NaN guard reads it).
   """
   if alpha > 0 and teacher_config is None:
     raise ValueError("KD (alpha > 0) needs a teacher_config")
-  p_sh = param_shardings(config, mesh)
-  o_sh = opt_state_shardings(optimizer, config, mesh, p_sh)
+  p_sh, o_sh = state.param_shardings, state.opt_state_shardings
   b_sh = {k: sharding.batch_sharding(mesh) for k in BATCH_KEYS}
-  t_sh = param_shardings(teacher_config, mesh) if alpha > 0 else None
+  t_sh = sharding.param_shardings(teacher_config, mesh) if alpha > 0 else None
 
   def step(params, opt_state, batch, teacher_params):
     def loss_fn(p):
@@ -86,7 +83,9 @@ def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(params)]))
+    return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads),
+                               "finite": finite.astype(jnp.float32), **aux}
 
   return jax.jit(step, in_shardings=(p_sh, o_sh, b_sh, t_sh),
                  out_shardings=(p_sh, o_sh, sharding.replicated(mesh)), donate_argnums=(0, 1))
@@ -100,7 +99,7 @@ def make_eval_step(config: ModelConfig, mesh: Mesh) -> Callable:
     return losses.cross_entropy(_forward(config, params, batch), batch["decoder_target_tokens"],
                                 batch["decoder_loss_weights"].astype(jnp.float32))
 
-  return jax.jit(step, in_shardings=(param_shardings(config, mesh), b_sh),
+  return jax.jit(step, in_shardings=(sharding.param_shardings(config, mesh), b_sh),
                  out_shardings=sharding.replicated(mesh))
 
 
@@ -116,11 +115,11 @@ def evaluate(eval_step: Callable, params, batches, mesh: Mesh) -> dict:
   return {"loss": loss, "ppl": float(np.exp(loss)), "tokens": weight}
 
 
-def init_random(config: ModelConfig, rng: jax.Array, mesh: Mesh):
+def init_random(state: AbstractState, config: ModelConfig, rng: jax.Array):
   """Fresh params created directly on their shardings."""
-  return jax.jit(lambda r: model.init_params(config, r), out_shardings=param_shardings(config, mesh))(rng)
+  return jax.jit(lambda r: model.init_params(config, r), out_shardings=state.param_shardings)(rng)
 
 
-def init_opt_state(optimizer: optax.GradientTransformation, config: ModelConfig, params, mesh: Mesh):
-  o_sh = opt_state_shardings(optimizer, config, mesh, param_shardings(config, mesh))
-  return jax.jit(optimizer.init, out_shardings=o_sh)(params)
+def init_opt_state(state: AbstractState, optimizer: optax.GradientTransformation, params):
+  """A fresh optimizer state for `params`, on the abstract state's shardings."""
+  return jax.jit(optimizer.init, out_shardings=state.opt_state_shardings)(params)

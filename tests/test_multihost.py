@@ -15,7 +15,7 @@ def _free_port():
 
 
 def test_two_processes_match_one_process(tmp_path):
-  bindings = micro_bindings(tmp_path / "two", steps=8, **{"train.num_devices": None})
+  bindings = micro_bindings(tmp_path / "two", steps=8, **{"train.train.num_devices": None})
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=REPO,
              GUIDE_JAX_PYTHON=os.environ.get("GUIDE_JAX_PYTHON", __import__("sys").executable))
   cmd = ["bash", "launch/local_run.sh", "--num_processes", "2", "--port", str(_free_port()), "--"] + [

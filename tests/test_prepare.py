@@ -5,7 +5,6 @@ The user's task lives in a module written into tmp_path (as a user's own registr
 a local text file with a small SentencePiece vocabulary; nothing here needs the network.
 """
 
-import inspect
 import json
 import os
 import shutil
@@ -26,17 +25,13 @@ USER_MIXTURE = "user_lm_mixture"
 USER_MODULE = "my_seqio_tasks"
 VOCAB_SIZE = 400
 
-# Installed as sitecustomize.py: from then on, importing tensorflow or seqio (or a submodule)
-# raises ImportError in that interpreter and every subprocess that inherits PYTHONPATH.
+# Installed as sitecustomize.py: tensorflow and seqio look uninstalled in that interpreter and every
+# subprocess that inherits PYTHONPATH: `import` raises ModuleNotFoundError and
+# importlib.util.find_spec returns None (what etils/orbax probe), as on a host without them.
 _BLOCKER = textwrap.dedent('''
-    import importlib.abc, sys
-    BLOCKED = ("tensorflow", "seqio", "tensorflow_text", "tensorflow_datasets")
-    class _Block(importlib.abc.MetaPathFinder):
-      def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-          raise ImportError(f"{name} is blocked in this test (no TensorFlow/seqio on this host)")
-        return None
-    sys.meta_path.insert(0, _Block())
+    import sys
+    for name in ("tensorflow", "seqio", "tensorflow_text", "tensorflow_datasets"):
+      sys.modules[name] = None
 ''')
 
 
@@ -135,7 +130,7 @@ def test_prepare_user_seqio_task_by_name(user_task):
 
 def test_load_prepared_and_batches_without_tensorflow(user_task, tmp_path):
   """The training side: prepared data -> LMBatches / eval_batches with TF and seqio unimportable,
-  also through pipeline.load_lm_data (what train.py calls) for a cached built-in corpus."""
+  also through ensure_prepared (what train.py calls) for an already prepared built-in corpus."""
   cache = tmp_path / "cache"
   shutil.copytree(user_task["prepared"], prepared.prepared_dir_for("shakespeare", str(cache), VOCAB_SIZE))
   code = textwrap.dedent(f'''
@@ -149,7 +144,7 @@ def test_load_prepared_and_batches_without_tensorflow(user_task, tmp_path):
         else:
           raise AssertionError(name + " was importable")
       import guide_jax.data
-      from guide_jax.data import batches, pipeline, prepared
+      from guide_jax.data import batches, prepared
       data = prepared.load_prepared({user_task["prepared"]!r}, verify=True)
       assert data.train.dtype == np.uint16
       train = batches.LMBatches(data.train, seq_len=16, global_batch_size=4, seed=0)
@@ -159,9 +154,10 @@ def test_load_prepared_and_batches_without_tensorflow(user_task, tmp_path):
       assert all(np.array_equal(b[k], again[k]) for k in b)
       ev = list(batches.eval_batches(data.validation, 16, 4))
       assert ev and all(v.dtype == np.int32 for e in ev for v in e.values())
-      tr, va, info = pipeline.load_lm_data("shakespeare", {str(cache)!r}, {VOCAB_SIZE}, 16)
-      assert info.vocab_size == {VOCAB_SIZE} and tr.shape == data.train.shape
-      assert not any(m.split(".")[0] in ("tensorflow", "seqio") for m in sys.modules)
+      info = prepared.load_prepared(prepared.ensure_prepared("shakespeare", {str(cache)!r}, {VOCAB_SIZE}))
+      assert info.vocab_size == {VOCAB_SIZE} and info.train.shape == data.train.shape
+      assert not any(m.split(".")[0] in ("tensorflow", "seqio") and mod is not None
+                     for m, mod in sys.modules.items())
       print("ok", b["decoder_input_tokens"].sum())
   ''')
   assert "ok" in _run_blocked(["-c", code], tmp_path).stdout
@@ -269,25 +265,18 @@ def test_command_line_error_is_one_clear_line(tmp_path):
   assert "Traceback" not in proc.stderr and os.listdir(tmp_path) == []
 
 
-def _train_accepts_data_dir() -> bool:
-  from guide_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  return "data_dir" in inspect.signature(inspect.unwrap(train_lib.train)).parameters
-
-
 def test_train_and_resume_from_prepared_data_without_tensorflow(user_task, tmp_path):
   """End to end: `python -m guide_jax.train` on a prepared directory with TF/seqio blocked,
-  then the same command again resumes. Runs once train accepts a `train.data_dir` binding."""
-  if not _train_accepts_data_dir():
-    pytest.skip("guide_jax.train.train has no data_dir parameter yet")
+  then the same command again resumes. Runs once train accepts a `config.DataConfig.data_dir` binding."""
   model_dir = tmp_path / "run"
   args = ["-m", "guide_jax.train", "--gin_file=gin/models/tiny_student.gin",
           "--gin_file=gin/runs/pretrain.gin",
-          f"--gin.MODEL_DIR='{model_dir}'", f"--gin.train.data_dir='{user_task['prepared']}'",
+          f"--gin.MODEL_DIR='{model_dir}'", f"--gin.DATA_DIR='{user_task['prepared']}'",
           f"--gin.VOCAB_SIZE={VOCAB_SIZE}", "--gin.BATCH_SIZE=4", "--gin.SEQ_LEN=16",
-          "--gin.ModelConfig.d_model=32", "--gin.ModelConfig.n_layers=2", "--gin.ModelConfig.n_heads=2",
-          "--gin.ModelConfig.head_dim=16", "--gin.ModelConfig.mlp_dim=64", "--gin.train.num_devices=1",
-          "--gin.train.eval_max_batches=2", "--gin.train.eval_every=4", "--gin.train.save_every=4"]
-  _run_blocked(args + ["--gin.TRAIN_STEPS=8", "--gin.train.stop_after=4"], tmp_path)
+          "--gin.config.ModelConfig.d_model=32", "--gin.config.ModelConfig.n_layers=2", "--gin.config.ModelConfig.n_heads=2",
+          "--gin.config.ModelConfig.head_dim=16", "--gin.config.ModelConfig.mlp_dim=64", "--gin.train.train.num_devices=1",
+          "--gin.config.DataConfig.eval_max_batches=2", "--gin.train.train.eval_every=4", "--gin.config.CheckpointConfig.save_every=4"]
+  _run_blocked(args + ["--gin.TRAIN_STEPS=8", "--gin.train.train.stop_after=4"], tmp_path)
   _run_blocked(args + ["--gin.TRAIN_STEPS=8"], tmp_path)
   results = json.load(open(model_dir / "results.json"))
   assert results["finished"]

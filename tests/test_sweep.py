@@ -9,21 +9,23 @@ import pytest
 from guide_jax import sweep as sweep_lib
 from test_train import CACHE, REPO
 
-MICRO = ["'BATCH_SIZE = 4'", "'SEQ_LEN = 32'", f"'CACHE_DIR = \"{CACHE}\"'", "'train.eval_max_batches = 4'",
-         "'train.eval_every = 5'", "'train.num_devices = 1'", "'train.log_every = 5'", "'ModelConfig.n_heads = 2'",
-         "'ModelConfig.head_dim = 16'", "'ModelConfig.mlp_dim = 64'"]
+MICRO = ["'BATCH_SIZE = 4'", "'SEQ_LEN = 32'", f"'CACHE_DIR = \"{CACHE}\"'", "'config.DataConfig.eval_max_batches = 4'",
+         "'train.train.eval_every = 5'", "'train.train.num_devices = 1'", "'train.train.log_every = 5'", "'config.ModelConfig.n_heads = 2'",
+         "'config.ModelConfig.head_dim = 16'", "'config.ModelConfig.mlp_dim = 64'"]
 
 
 def write_sweep_gin(path, output_dir):
   path.write_text(f"""
-sweep.output_dir = '{output_dir}'
-sweep.base = ['gin/runs/pretrain.gin', {', '.join(MICRO)}]
-sweep.teacher = ['gin/models/tiny_student.gin', 'TRAIN_STEPS = 10', 'ModelConfig.d_model = 48',
-                 'ModelConfig.n_layers = 2']
-sweep.student = ['gin/models/tiny_student.gin', 'TRAIN_STEPS = 10', 'ModelConfig.d_model = 32',
-                 'ModelConfig.n_layers = 1']
-sweep.arms = {{'baseline': [], 'guide': ['gin/guide.gin']}}
-sweep.seeds = [0]
+from __gin__ import dynamic_registration
+from guide_jax import sweep
+sweep.sweep.output_dir = '{output_dir}'
+sweep.sweep.base = ['gin/runs/pretrain.gin', {', '.join(MICRO)}]
+sweep.sweep.teacher = ['gin/models/tiny_student.gin', 'TRAIN_STEPS = 10', 'config.ModelConfig.d_model = 48',
+                 'config.ModelConfig.n_layers = 2']
+sweep.sweep.student = ['gin/models/tiny_student.gin', 'TRAIN_STEPS = 10', 'config.ModelConfig.d_model = 32',
+                 'config.ModelConfig.n_layers = 1']
+sweep.sweep.arms = {{'baseline': [], 'guide': ['gin/guide.gin']}}
+sweep.sweep.seeds = [0]
 """)
 
 

@@ -20,11 +20,11 @@ MICRO = ["gin/models/tiny_student.gin", "gin/runs/pretrain.gin"]
 def micro_bindings(model_dir, steps=30, **extra):
   """A very small model and batch so each run takes seconds on 2 CPU cores."""
   b = {"MODEL_DIR": repr(str(model_dir)), "TRAIN_STEPS": steps, "BATCH_SIZE": 4, "SEQ_LEN": 32,
-       "CACHE_DIR": repr(CACHE), "ModelConfig.d_model": 32, "ModelConfig.n_layers": 2,
-       "ModelConfig.n_heads": 2, "ModelConfig.head_dim": 16, "ModelConfig.mlp_dim": 64,
-       "train.eval_max_batches": 4, "train.log_every": 1, "train.eval_every": 10, "train.save_every": 10,
-       "train.num_devices": 1, "guide_jax.optim.make_optimizer.warmup_steps": 5,
-       "guide_jax.optim.make_optimizer.learning_rate": 1e-2}
+       "CACHE_DIR": repr(CACHE), "config.ModelConfig.d_model": 32, "config.ModelConfig.n_layers": 2,
+       "config.ModelConfig.n_heads": 2, "config.ModelConfig.head_dim": 16, "config.ModelConfig.mlp_dim": 64,
+       "config.DataConfig.eval_max_batches": 4, "train.train.log_every": 1, "train.train.eval_every": 10, "config.CheckpointConfig.save_every": 10,
+       "train.train.num_devices": 1, "optim.make_optimizer.warmup_steps": 5,
+       "optim.make_optimizer.learning_rate": 1e-2}
   b.update(extra)
   return [f"{k} = {v}" for k, v in b.items()]
 
@@ -33,7 +33,7 @@ def run_train(files, bindings):
   gin.clear_config()
   gin_utils.parse(files, bindings)
   try:
-    return train_lib.train()
+    return gin.get_configurable(train_lib.train)()
   finally:
     gin.clear_config()
 
@@ -46,13 +46,13 @@ def losses(model_dir):
 def teacher_dir(tmp_path_factory):
   """A micro teacher (wider than the micro student) trained for a few steps."""
   d = tmp_path_factory.mktemp("teacher")
-  run_train(MICRO, micro_bindings(d, steps=20, **{"ModelConfig.d_model": 48, "ModelConfig.n_layers": 3}))
+  run_train(MICRO, micro_bindings(d, steps=20, **{"config.ModelConfig.d_model": 48, "config.ModelConfig.n_layers": 3}))
   return d
 
 
 def test_training_lowers_held_out_loss(tmp_path):
   result = run_train(MICRO, micro_bindings(tmp_path, steps=40, BATCH_SIZE=16, SEQ_LEN=64,
-                                           **{"train.eval_max_batches": 8}))
+                                           **{"config.DataConfig.eval_max_batches": 8}))
   evals = metrics.read_metrics(str(tmp_path), "eval")
   assert result["finished"] and sorted(evals) == [0, 10, 20, 30, 40]
   assert evals[40]["loss"] < evals[0]["loss"] - 1.0, evals
@@ -110,7 +110,7 @@ def test_kill_9_then_resume_reproduces_losses(tmp_path):
 
 def test_two_device_mesh_matches_one_device(tmp_path):
   run_train(MICRO, micro_bindings(tmp_path / "one", steps=10))
-  run_train(MICRO, micro_bindings(tmp_path / "two", steps=10, **{"train.num_devices": 2}))
+  run_train(MICRO, micro_bindings(tmp_path / "two", steps=10, **{"train.train.num_devices": 2}))
   one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
   np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=2e-5)
 

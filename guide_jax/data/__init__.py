@@ -11,5 +11,4 @@ Training (numpy only):
   prepared   load_prepared(path) -> Prepared(train, validation memmaps, vocab_size, ...);
              prepared_dir_for / ensure_prepared for built-in corpora
   batches    LMBatches / eval_batches (step -> batch, int32)
-  pipeline   transitional load_lm_data for train.py (prepared data underneath)
 """
