@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: model shapes from gin/models/*.gin, timing, memory, device, JSON."""
+"""Shared pieces of the benchmarks: model shapes from gin/models/*.gin (through gin, as train reads
+them; carry the gin-config wheel to a GPU machine that lacks it), timing, memory, device, JSON."""
 import ast
 import json
 import os
@@ -15,13 +16,12 @@ if REPO_ROOT not in sys.path:  # `python benchmarks/x.py` as well as `python -m 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from guide_jax import model as model_lib  # noqa: E402
+from guide_jax import gin_utils, model as model_lib  # noqa: E402
 from guide_jax.config import ModelConfig  # noqa: E402
 from guide_jax.data import atomic  # noqa: E402
 
 MODELS_DIR = os.path.join(REPO_ROOT, "gin", "models")
 DEFAULT_VOCAB = 32768
-_BINDING = re.compile(r"^\s*ModelConfig\.(\w+)\s*=\s*(.+?)\s*$")
 _VOCAB_COMMENT = re.compile(r"VOCAB_SIZE\s*=\s*(\d+)")
 
 
@@ -38,25 +38,14 @@ def gin_model_path(name: str) -> str:
   return path
 
 
-def read_model_gin(name: str, vocab_size: Optional[int] = None) -> Tuple[Dict, int]:
-  """The `ModelConfig.key = value` bindings of a gin/models file, and its documented VOCAB_SIZE.
-
-  A small parser, not gin: `%VOCAB_SIZE` is left as the string '%VOCAB_SIZE' for the caller, and
-  the default vocabulary is the `VOCAB_SIZE=N` the file's header comment names (else 32768).
-  """
-  fields, default_vocab = {}, None
+def documented_vocab(name: str) -> int:
+  """The VOCAB_SIZE=N a gin/models file's header comment names (else 32768)."""
   with open(gin_model_path(name)) as f:
     for line in f:
-      if line.lstrip().startswith("#"):
-        m = _VOCAB_COMMENT.search(line)
-        if m and default_vocab is None:
-          default_vocab = int(m.group(1))
-        continue
-      m = _BINDING.match(line.split("#", 1)[0])
+      m = _VOCAB_COMMENT.search(line) if line.lstrip().startswith("#") else None
       if m:
-        key, raw = m.groups()
-        fields[key] = raw if raw.startswith("%") else ast.literal_eval(raw)
-  return fields, vocab_size or default_vocab or DEFAULT_VOCAB
+        return int(m.group(1))
+  return DEFAULT_VOCAB
 
 
 def _parse_overrides(text: str) -> Dict:
@@ -84,15 +73,12 @@ def model_config(spec: str, vocab_size: Optional[int] = None, **overrides) -> Mo
     name, extra = "", spec
   else:
     name, extra = spec, ""
-  fields, vocab = read_model_gin(name, vocab_size) if name else ({}, vocab_size or DEFAULT_VOCAB)
-  fields.update(_parse_overrides(extra))
+  fields = _parse_overrides(extra)
   fields.update({k: v for k, v in overrides.items() if v is not None})
-  if fields.get("vocab_size", "%VOCAB_SIZE") == "%VOCAB_SIZE":
-    fields["vocab_size"] = vocab
-  bad = [k for k, v in fields.items() if isinstance(v, str) and v.startswith("%")]
-  if bad:
-    raise ValueError(f"model {spec!r}: unresolved gin macros for {bad}")
-  return ModelConfig(**fields)
+  if not name:
+    return ModelConfig(**{"vocab_size": vocab_size or DEFAULT_VOCAB, **fields})
+  vocab = vocab_size or documented_vocab(name)
+  return gin_utils.model_from_gin(gin_model_path(name), [f"VOCAB_SIZE = {vocab}"]).replace(**fields)
 
 
 def scaled(config: ModelConfig, divisor: int) -> ModelConfig:

@@ -105,11 +105,15 @@ def time_steps(student_cfg, teacher_cfg, alpha, args, mesh, batch, flops_per_tok
   """Warm up (compile) and time a train step; returns the figures for one variant."""
   optimizer = optim.make_optimizer(1000, name=args.optimizer)
   key = jax.random.PRNGKey(args.seed)
-  params = trainer.init_random(student_cfg, key, mesh)
-  opt_state = trainer.init_opt_state(optimizer, student_cfg, params, mesh)
-  teacher_params = trainer.init_random(teacher_cfg, jax.random.fold_in(key, 1), mesh) if alpha > 0 else None
-  step = trainer.make_train_step(student_cfg, optimizer, mesh, teacher_config=teacher_cfg if alpha > 0 else None,
-                                 alpha=alpha, tau=args.tau)
+  state = trainer.abstract_state(student_cfg, optimizer, mesh)
+  params = trainer.init_random(state, student_cfg, key)
+  opt_state = trainer.init_opt_state(state, optimizer, params)
+  teacher_params = None
+  if alpha > 0:
+    teacher_state = trainer.abstract_state(teacher_cfg, optimizer, mesh)
+    teacher_params = trainer.init_random(teacher_state, teacher_cfg, jax.random.fold_in(key, 1))
+  step = trainer.make_train_step(student_cfg, optimizer, mesh, state,
+                                 teacher_config=teacher_cfg if alpha > 0 else None, alpha=alpha, tau=args.tau)
   warm_times = []
   for _ in range(max(args.warmup, 1)):
     t = time.perf_counter()

@@ -54,7 +54,7 @@ def test_pca_smoke_prints_figures_and_goals(smoke_runs):
   assert "TFLOP/s" in out and "2*V*d^2" in out and "9*d^3" in out and "2*V*d*k" in out
   assert "ours/limit=" in out and "sklearn/ours=" in out
   for goal in ("GOAL PCA ratio to limit", "GOAL PCA speedup vs sklearn", "GOAL guide_init seconds",
-               "GOAL guide_init peak memory"):
+               "GOAL guide_init peak memory", "GOAL guide_init compiled per-device memory"):
     assert goal in out, f"missing {goal!r}:\n{out}"
   assert "guide_init tiny" in out and "peak memory" in out
 
@@ -74,7 +74,9 @@ def test_pca_smoke_json(smoke_runs):
   assert size["ratios"]["ours/limit"] == pytest.approx(data["pca_ratio_to_limit"])
   assert size["check_eigenvalue_max_rel_diff_vs_limit"] < 1e-3
   assert data["guide_init"]["explained_variance"] > 0
-  assert len(data["goals"]) == 4
+  assert len(data["goals"]) == 5
+  gi = data["guide_init"]  # the compiled program's per-device memory against the bound
+  assert 0 < gi["compiled_per_device_bytes"] <= gi["compiled_bound_bytes"]
   # Atomic write: nothing left behind but the two JSON files.
   assert sorted(os.listdir(smoke_runs["pca"]["dir"])) == ["pca.json", "train.json"]
 

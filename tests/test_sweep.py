@@ -40,6 +40,13 @@ def test_sweep_smoke_and_resume(tmp_path):
   write_sweep_gin(gin_file, out)
   result = run_sweep(gin_file)
   assert result.returncode == 0, result.stderr[-3000:]
+  # A quiet first screen: progress bars and results, no library noise (issue 14).
+  screen = result.stdout + result.stderr
+  for noise in ("cuInit", "Unable to initialize backend", "oneDNN", "TensorFlow", "tensorflow", "cuda_",
+                "TPU", "absl::InitializeLog"):
+    assert noise not in screen, (noise, screen[-3000:])
+  assert "guide seed 0: eval ppl" in result.stdout and "step" in result.stderr  # a result line, a bar
+  assert os.path.getsize(out / "guide" / "seed_0" / "train.log") > 0  # each run's log went to its dir
   summary = json.load(open(out / "results.json"))
   assert summary["teacher_ppl"] == json.load(open(out / "teacher" / "results.json"))["eval_ppl"]
   arms = {a["name"]: a for a in summary["arms"]}
@@ -53,7 +60,7 @@ def test_sweep_smoke_and_resume(tmp_path):
   # A second invocation reuses every finished run.
   stamp = os.path.getmtime(out / "guide" / "seed_0" / "results.json")
   again = run_sweep(gin_file)
-  assert again.returncode == 0 and again.stderr.count("finished already") == 3
+  assert again.returncode == 0 and again.stdout.count("finished already") == 3
   assert os.path.getmtime(out / "guide" / "seed_0" / "results.json") == stamp
 
 
