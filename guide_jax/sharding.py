@@ -61,6 +61,21 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data", None))
 
 
+def data_slice(mesh: Mesh) -> Tuple[int, int]:
+  """(index, count): this process feeds slice `index` of `count` equal row slices of each global batch.
+
+  Processes that share positions on the 'data' axis (e.g. when 'model' spans processes) feed the
+  same rows; with model_parallel=1 this is (process_index, process_count).
+  """
+  axis = mesh.axis_names.index("data")
+  local = {d.id for d in jax.local_devices()}
+  positions = sorted({idx[axis] for idx, d in np.ndenumerate(mesh.devices) if d.id in local})
+  if not positions:
+    raise ValueError("this process has no device in the mesh")
+  per_process = len(positions)
+  return positions[0] // per_process, mesh.shape["data"] // per_process
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -134,6 +134,10 @@ def load_teacher(teacher: TeacherConfig, model: ModelConfig, init: str, mesh):
     check_dimensions(teacher_config, model)
   params, _ = checkpoints.load_params(teacher.teacher_dir, sharding.param_shardings(teacher_config, mesh))
   check_finite(params, f"teacher params ({teacher.teacher_dir})")
+  leaves = jax.tree_util.tree_leaves(params)
+  mine = sum(s.data.nbytes for x in leaves for s in x.addressable_shards if s.replica_id == 0)
+  logging.info("teacher restored in shards: process %d holds %d of %d bytes", jax.process_index(), mine,
+               sum(x.nbytes for x in leaves))
   return params, teacher_config
 
 
@@ -185,9 +189,9 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
     if stream.size < data.seq_len + 1:
       raise ValueError(f"{data_dir} {split} has {stream.size} tokens, fewer than one row of {data.seq_len + 1}")
   batches = batches_lib.LMBatches(tokens.train, data.seq_len, data.batch_size, seed=seed)
+  feed = sharding.data_slice(mesh)  # which rows of each global batch this process feeds
   eval_batches = lambda: itertools.islice(batches_lib.eval_batches(
-      tokens.validation, data.seq_len, data.batch_size, jax.process_index(), jax.process_count()),
-      data.eval_max_batches)
+      tokens.validation, data.seq_len, data.batch_size, *feed), data.eval_max_batches)
 
   # ----------------------------------------------------------------------------- state
   os.makedirs(model_dir, exist_ok=True)  # all checks passed: now we may write
@@ -213,12 +217,12 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
     if teacher.kd_alpha == 0:
       teacher_params = None  # no teacher forward is compiled
     return _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, teacher_params,
-                 teacher_config, teacher, data, batches, eval_batches, start, train_steps, stop_after,
+                 teacher_config, teacher, data, batches, eval_batches, feed, start, train_steps, stop_after,
                  eval_every, log_every, checkpoint.save_every, run_meta)
 
 
 def _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, teacher_params, teacher_config,
-          teacher, data, batches, eval_batches, start, train_steps, stop_after, eval_every, log_every,
+          teacher, data, batches, eval_batches, feed, start, train_steps, stop_after, eval_every, log_every,
           save_every, run_meta) -> dict:
   """The training loop: steps, logs, evals, checkpoints, the NaN guard, results.json."""
   # ----------------------------------------------------------------------------- compile
@@ -250,7 +254,7 @@ def _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, tea
   last_log = (start, time.time())
   end = train_steps if stop_after is None else min(train_steps, start + stop_after)
   while step < end:
-    local = batches.batch(step, jax.process_index(), jax.process_count())
+    local = batches.batch(step, *feed)
     params, opt_state, m = step_fn(params, opt_state, trainer.global_batch(local, mesh), teacher_params)
     step += 1
     saving = step % save_every == 0 or step == end
