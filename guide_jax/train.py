@@ -201,6 +201,10 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
     if start is not None:                                                 # 1. resume
       restored = checkpoints.restore(mngr, start, state.params, state.opt_state)
       params, opt_state = restored["params"], restored["opt_state"]
+      for later in sorted(s for s in mngr.all_steps() if s > start):  # restore_step chose an older step
+        logging.warning("deleting checkpoint step %d of %s: this run continues from step %d", later,
+                        model_dir, start)
+        mngr.delete(later)
       logging.info("resumed %s at step %d", model_dir, start)
     else:
       if checkpoint.init_params_dir:                                      # 2. params only

@@ -33,7 +33,8 @@ def flatten(params) -> dict:
 
 
 def check_tree(params, config: ModelConfig, name: str = "params") -> None:
-  """Raise ValueError if `params` lacks a key of, or has a wrong shape for, config's model tree."""
+  """Raise ValueError if `params` lacks a key of, or has a wrong shape or a non-float dtype for,
+  config's model tree."""
   if not hasattr(params, "keys"):
     raise ValueError(f"{name} must be a nested dict of arrays, got {type(params).__name__}")
   expected = flatten(model.param_shapes(config))
@@ -47,6 +48,12 @@ def check_tree(params, config: ModelConfig, name: str = "params") -> None:
            for k in sorted(expected) if tuple(np.shape(got[k])) != expected[k].shape]
   if wrong:
     raise ValueError(f"{name} has wrong shapes for its config: " + "; ".join(wrong[:5]))
+  not_float = [f"{k} has dtype {np.dtype(getattr(got[k], 'dtype', np.asarray(got[k]).dtype))}"
+               for k in sorted(expected)
+               if not jnp.issubdtype(getattr(got[k], "dtype", np.asarray(got[k]).dtype), jnp.floating)]
+  if not_float:
+    raise ValueError(f"{name} must hold float parameters (GUIDE maps real-valued weights): "
+                     + "; ".join(not_float[:3]))
 
 
 @jax.jit
