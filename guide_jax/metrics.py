@@ -26,15 +26,18 @@ class Writer:
     self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a") if self._lead else None
     self._tb = None
     if self._lead:
-      import tensorboardX  # TensorBoard event files under model_dir/tb
-      self._tb = tensorboardX.SummaryWriter(os.path.join(model_dir, "tb"))
+      try:
+        import tensorboardX  # TensorBoard event files under model_dir/tb
+        self._tb = tensorboardX.SummaryWriter(os.path.join(model_dir, "tb"))
+      except ImportError:  # e.g. a bare CUDA JAX image: metrics.jsonl still has every figure
+        logging.warning("tensorboardX is not installed: no TensorBoard summaries for %s", model_dir)
 
   def _write(self, kind: str, step: int, values: dict) -> None:
     if not self._lead:
       return
     self._jsonl.write(json.dumps({"kind": kind, "step": step, **values}) + "\n")
     self._jsonl.flush()
-    for k, v in values.items():
+    for k, v in values.items() if self._tb is not None else ():
       self._tb.add_scalar(f"{kind}/{k}", v, step)
 
   def train(self, step: int, values: dict) -> None:
@@ -49,8 +52,9 @@ class Writer:
   def close(self) -> None:
     if self._lead:
       self._jsonl.close()
-      self._tb.flush()
-      self._tb.close()
+      if self._tb is not None:
+        self._tb.flush()
+        self._tb.close()
 
 
 def read_metrics(model_dir: str, kind: str = "train") -> dict:

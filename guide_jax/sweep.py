@@ -69,11 +69,18 @@ def _progress(bar, run_dir: str, seen: int) -> int:
   return step
 
 
-def run_once(run_dir: str, gin_files, bindings, dry_run: bool = False, label: str = "") -> Optional[dict]:
+class TimeBudgetReached(Exception):
+  """The sweep's time budget ran out; the running child saved a checkpoint (SIGTERM) and the same
+  command continues from there."""
+
+
+def run_once(run_dir: str, gin_files, bindings, dry_run: bool = False, label: str = "",
+             deadline: Optional[float] = None) -> Optional[dict]:
   """Train one run unless it already finished; returns its results.json (None on dry run).
 
   The run's output goes to <run_dir>/train.log; the screen shows one progress bar per run.
   The child dies with the sweep (SIGTERM on the parent's death, terminate on an exception).
+  deadline (time.time()): SIGTERM the child then (it saves and exits) and raise TimeBudgetReached.
   """
   done = read_result(run_dir)
   if done is not None:
@@ -93,6 +100,10 @@ def run_once(run_dir: str, gin_files, bindings, dry_run: bool = False, label: st
       while proc.poll() is None:
         time.sleep(1.0)
         seen = _progress(bar, run_dir, seen)
+        if deadline is not None and time.time() > deadline:
+          proc.terminate()  # the child saves a checkpoint at its next step and exits
+          proc.wait()
+          raise TimeBudgetReached(f"time budget reached during {run_dir}")
       _progress(bar, run_dir, seen)
     except BaseException:
       proc.terminate()
@@ -176,12 +187,15 @@ def plot(summary: dict, run_dirs: Dict[str, List[str]], path: str) -> None:
 def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretrain.gin",),
           teacher: Sequence[str] = gin.REQUIRED, student: Sequence[str] = gin.REQUIRED,
           arms: Dict[str, Sequence[str]] = gin.REQUIRED, seeds: Sequence[int] = (0,),
-          baseline: str = "baseline", dry_run: bool = False) -> Optional[dict]:
+          baseline: str = "baseline", dry_run: bool = False,
+          time_budget_s: Optional[float] = None) -> Optional[dict]:
   """Train the teacher (base + teacher specs), then each arm (base + student + arm specs) per seed.
 
   Specs are lists of gin files and bindings. Every arm gets TEACHER_DIR bound to the teacher run,
   and SEED to its seed, so all arms see the same tokens in the same order per seed.
+  time_budget_s: stop (resumably) after this long: raises TimeBudgetReached.
   """
+  deadline = None if time_budget_s is None else time.time() + time_budget_s
   if baseline not in arms:
     raise ValueError(f"sweep.arms must include the baseline arm {baseline!r}; got {sorted(arms)}")
   all_files = set(split_spec(base)[0] + split_spec(teacher)[0] + split_spec(student)[0])
@@ -194,14 +208,14 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
   output_dir = os.path.abspath(output_dir)
   teacher_dir = os.path.join(output_dir, "teacher")
   files, bindings = split_spec(list(base) + list(teacher))
-  teacher_result = run_once(teacher_dir, files, bindings, dry_run, label="teacher")
+  teacher_result = run_once(teacher_dir, files, bindings, dry_run, label="teacher", deadline=deadline)
   arm_results, run_dirs = {}, {}
   for name, spec in arms.items():
     for seed in seeds:
       run_dir = os.path.join(output_dir, name, f"seed_{seed}")
       files, bindings = split_spec(list(base) + list(student) + list(spec))
       bindings = bindings + [f"TEACHER_DIR = '{teacher_dir}'", f"SEED = {seed}"]
-      result = run_once(run_dir, files, bindings, dry_run, label=f"{name} seed {seed}")
+      result = run_once(run_dir, files, bindings, dry_run, label=f"{name} seed {seed}", deadline=deadline)
       if result is not None:
         arm_results.setdefault(name, []).append(result)
         run_dirs.setdefault(name, []).append(run_dir)
@@ -211,9 +225,13 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
   atomic.atomic_write_text(os.path.join(output_dir, "results.json"), json.dumps(summary, indent=2))
   table = markdown_table(summary)
   atomic.atomic_write_text(os.path.join(output_dir, "results.md"), table)
-  plot(summary, run_dirs, os.path.join(output_dir, "results.png"))
+  try:
+    plot(summary, run_dirs, os.path.join(output_dir, "results.png"))
+    written = "results.json, results.md, results.png"
+  except ImportError:  # a bare accelerator image without matplotlib: the table and JSON suffice
+    written = "results.json, results.md (no matplotlib: no plot)"
   print(table)
-  print(f"wrote {output_dir}/results.json, results.md, results.png")
+  print(f"wrote {output_dir}/{written}")
   return summary
 
 
@@ -222,7 +240,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   gin_utils.parse(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings)
   metrics.quiet_library_logs()
-  gin.get_configurable(sweep)(dry_run=flags.FLAGS.dry_run)  # registered by the gin file
+  try:
+    gin.get_configurable(sweep)(dry_run=flags.FLAGS.dry_run)  # registered by the gin file
+  except TimeBudgetReached as e:
+    print(f"{e}: progress is saved; run the same command again to continue")
 
 
 def run():

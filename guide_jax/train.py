@@ -19,7 +19,9 @@ import dataclasses
 import itertools
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -225,6 +227,35 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
                  eval_every, log_every, checkpoint.save_every, run_meta)
 
 
+class _Preemption:
+  """SIGTERM (a preempted VM, a sweep's time budget, a killed sweep) -> finish the step, save a
+  checkpoint, return unfinished: the same command resumes. All processes stop at the same step."""
+
+  def __init__(self):
+    self.requested, self._old = False, None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+    return False
+
+  def stop(self, step: int, every: int) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    if step % every:  # processes agree only at log steps (one tiny all-gather)
+      return False
+    return bool(np.max(multihost_utils.process_allgather(np.int32(self.requested))))
+
+
 def _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, teacher_params, teacher_config,
           teacher, data, batches, eval_batches, feed, start, train_steps, stop_after, eval_every, log_every,
           save_every, run_meta) -> dict:
@@ -257,28 +288,34 @@ def _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, tea
     writer.eval(0, eval_result)
   last_log = (start, time.time())
   end = train_steps if stop_after is None else min(train_steps, start + stop_after)
-  while step < end:
-    local = batches.batch(step, *feed)
-    params, opt_state, m = step_fn(params, opt_state, trainer.global_batch(local, mesh), teacher_params)
-    step += 1
-    saving = step % save_every == 0 or step == end
-    if step % log_every == 0 or step == end or saving:
-      m = {k: float(v) for k, v in jax.device_get(m).items()}
-      if not m.pop("finite"):
-        return fail(step, f"non-finite loss ({m['loss']}) or parameters")
-      now = time.time()
-      step_time = (now - last_log[1]) / (step - last_log[0])
-      m.update(step_time_s=step_time, tokens_per_s=tokens_per_step / step_time,
-               eta_s=step_time * (train_steps - step))
-      writer.train(step, m)
-      last_log = (step, now)
-    if step % eval_every == 0 or step == train_steps:
-      eval_result = trainer.evaluate(eval_fn, params, eval_batches(), mesh)
-      if not np.isfinite(eval_result["loss"]):
-        return fail(step, "non-finite eval loss")
-      writer.eval(step, eval_result)
-    if saving:
-      checkpoints.save(mngr, step, params, opt_state, model, extra=run_meta, force=True)
+  preemption = _Preemption()
+  with preemption:
+    while step < end:
+      local = batches.batch(step, *feed)
+      params, opt_state, m = step_fn(params, opt_state, trainer.global_batch(local, mesh), teacher_params)
+      step += 1
+      stopping = preemption.stop(step, log_every)
+      saving = step % save_every == 0 or step == end or stopping
+      if step % log_every == 0 or step == end or saving:
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        if not m.pop("finite"):
+          return fail(step, f"non-finite loss ({m['loss']}) or parameters")
+        now = time.time()
+        step_time = (now - last_log[1]) / (step - last_log[0])
+        m.update(step_time_s=step_time, tokens_per_s=tokens_per_step / step_time,
+                 eta_s=step_time * (train_steps - step))
+        writer.train(step, m)
+        last_log = (step, now)
+      if step % eval_every == 0 or step == train_steps:
+        eval_result = trainer.evaluate(eval_fn, params, eval_batches(), mesh)
+        if not np.isfinite(eval_result["loss"]):
+          return fail(step, "non-finite eval loss")
+        writer.eval(step, eval_result)
+      if saving:
+        checkpoints.save(mngr, step, params, opt_state, model, extra=run_meta, force=True)
+      if stopping:
+        logging.warning("SIGTERM: saved step %d of %s; rerun the same command to resume", step, model_dir)
+        break
   writer.close()
 
   # ----------------------------------------------------------------------------- results

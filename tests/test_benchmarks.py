@@ -147,3 +147,18 @@ def test_report_merges_the_smoke_outputs(smoke_runs, tmp_path):
     report.merge(pca, pca)
   with pytest.raises(ValueError, match="different devices"):
     report.merge(pca, dict(train, device="1 x NVIDIA H100"))
+
+
+def test_gpu_suite_smoke_runs_every_stage_and_resumes(tmp_path):
+  """The one-command GPU suite, in its CPU smoke mode: benchmarks, report, a reproduction sweep;
+  a second command finds every stage done."""
+  cmd = [sys.executable, "-m", "benchmarks.gpu_suite", f"--out={tmp_path}", "--smoke"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert first.returncode == 0 and "suite complete" in first.stdout, first.stdout[-3000:] + first.stderr[-3000:]
+  for name in ("pca.json", "train.json", "benchmarks.json", "reproduction_results.json",
+               "reproduction_results.md", "reproduction_results.png"):
+    assert (tmp_path / name).exists(), name
+  assert set(json.load(open(tmp_path / "reproduction_results.json"))["arms"][0]) >= {"name", "ppl"}
+  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0 and again.stdout.count("done already") == 4, again.stdout[-2000:]

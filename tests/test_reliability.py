@@ -171,3 +171,22 @@ sweep.sweep.arms = {{'baseline': []}}
   else:
     os.kill(child, signal.SIGKILL)
     pytest.fail("the training child outlived its killed sweep")
+
+
+def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
+  """A preempted VM or a sweep's time budget: SIGTERM -> the step finishes, is saved, exit 0."""
+  bindings = micro_bindings(tmp_path, steps=100000, **{"config.CheckpointConfig.save_every": 100000})
+  cmd = [sys.executable, "-m", "guide_jax.train"] + [f"--gin_file={f}" for f in MICRO] + [
+      f"--gin_bindings={b}" for b in bindings]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and len(metrics.read_metrics(str(tmp_path), "train")) < 3:
+    time.sleep(0.3)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0, err[-2000:]
+  saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+  assert len(saved) == 1 and saved[0] >= 3 and "SIGTERM: saved step" in err
+  assert not (tmp_path / "results.json").exists()
+  result = run_train(MICRO, micro_bindings(tmp_path, steps=saved[0] + 2))
+  assert result["finished"] and result["step"] == saved[0] + 2

@@ -157,14 +157,28 @@ def task_documents(provider, split: str) -> Iterator[np.ndarray]:
   yield from ds.as_numpy_iterator()
 
 
+def _take_tokens(docs: Iterable[np.ndarray], max_tokens: int | None) -> Iterator[np.ndarray]:
+  """Whole documents, in order, until at least max_tokens tokens were given (None: all)."""
+  total = 0
+  for doc in docs:
+    if max_tokens is not None and total >= max_tokens:
+      return
+    total += np.size(doc)
+    yield doc
+
+
 def prepare_task(name: str, output_dir: str, *, train_split: str = "train",
                  validation_split: str = "validation", task_modules: Iterable[str] = (),
-                 source: dict | None = None, shard_tokens: int = SHARD_TOKENS) -> dict:
+                 source: dict | None = None, shard_tokens: int = SHARD_TOKENS,
+                 max_train_tokens: int | None = None) -> dict:
   """Prepares seqio task/mixture `name` into output_dir; returns the manifest.
 
   Imports task_modules first. All checks (modules, name, feature, vocabulary, splits,
-  output_dir absent) run before any tokenization.
+  output_dir absent) run before any tokenization. max_train_tokens: keep only the first whole
+  training documents up to that many tokens (e.g. to carry a small prepared dir to a GPU host).
   """
+  if max_train_tokens is not None and (not isinstance(max_train_tokens, int) or max_train_tokens < 1):
+    raise ValueError(f"max_train_tokens must be a positive int, got {max_train_tokens!r}")
   task_modules = list(task_modules)
   if os.path.exists(output_dir):
     raise FileExistsError(f"output directory {output_dir} already exists")
@@ -178,11 +192,15 @@ def prepare_task(name: str, output_dir: str, *, train_split: str = "train",
   if eos_id is None:
     raise ValueError(f"{name}'s vocabulary has no EOS id; documents could not be separated")
   split_docs = {s: (splits[s], task_documents(provider, splits[s])) for s in prepared.SPLITS}
+  if max_train_tokens is not None:
+    source = {**source, "max_train_tokens": max_train_tokens}
+    split_docs["train"] = (splits["train"], _take_tokens(split_docs["train"][1], max_train_tokens))
   return write_prepared(output_dir, source, vocabulary.sp_model, vocabulary.vocab_size, eos_id,
                         split_docs, shard_tokens)
 
 
-def prepare_corpus(corpus: str, cache_dir: str, vocab_size: int, output_dir: str | None = None) -> str:
+def prepare_corpus(corpus: str, cache_dir: str, vocab_size: int, output_dir: str | None = None,
+                   max_train_tokens: int | None = None) -> str:
   """Builds built-in `corpus` (cached), its vocabulary and seqio task, and prepares it.
 
   Returns the directory (default prepared.prepared_dir_for(corpus, cache_dir, vocab_size));
@@ -207,7 +225,7 @@ def prepare_corpus(corpus: str, cache_dir: str, vocab_size: int, output_dir: str
             "corpus_splits": stats["splits"], "corpus_sources": stats.get("sources", {}),
             "corpus_packages": stats.get("packages", {})}
   try:
-    prepare_task(name, output_dir, source=source)
+    prepare_task(name, output_dir, source=source, max_train_tokens=max_train_tokens)
   except FileExistsError:
     if not os.path.isdir(output_dir):
       raise
@@ -226,21 +244,25 @@ def _define_flags() -> None:
   flags.DEFINE_integer("vocab_size", 8000, "SentencePiece vocabulary size (with --corpus)")
   flags.DEFINE_string("train_split", "train", "the task's split stored as 'train'")
   flags.DEFINE_string("validation_split", "validation", "the task's split stored as 'validation'")
+  flags.DEFINE_integer("max_train_tokens", None, "keep the first whole training documents up to this many tokens")
 
 
 def run(corpus: str | None, task: str | None, task_modules: list[str], output_dir: str | None,
-        cache_dir: str, vocab_size: int, train_split: str, validation_split: str) -> str:
+        cache_dir: str, vocab_size: int, train_split: str, validation_split: str,
+        max_train_tokens: int | None = None) -> str:
   """The command's work, from flag values; returns the prepared directory."""
   if (corpus is None) == (task is None):
     raise ValueError("give exactly one of --corpus or --task")
   if corpus is not None:
     if task_modules:
       raise ValueError("--task_module goes with --task, not --corpus")
-    return prepare_corpus(corpus, cache_dir, vocab_size, output_dir)
+    if max_train_tokens is not None and not output_dir:
+      raise ValueError("--max_train_tokens needs --output_dir (the default directory holds the whole corpus)")
+    return prepare_corpus(corpus, cache_dir, vocab_size, output_dir, max_train_tokens)
   if not output_dir:
     raise ValueError("--task needs --output_dir")
   prepare_task(task, output_dir, train_split=train_split, validation_split=validation_split,
-               task_modules=task_modules)
+               task_modules=task_modules, max_train_tokens=max_train_tokens)
   return output_dir
 
 
@@ -250,7 +272,7 @@ def main(argv) -> None:
   f = flags.FLAGS
   try:
     path = run(f.corpus, f.task, f.task_module, f.output_dir, f.cache_dir, f.vocab_size,
-               f.train_split, f.validation_split)
+               f.train_split, f.validation_split, f.max_train_tokens)
   except (ValueError, FileExistsError) as e:  # bad input: one clear line, no traceback
     sys.exit(f"guide_jax.data.prepare: error: {e}")
   manifest = prepared.read_manifest(path)
