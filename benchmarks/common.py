@@ -99,6 +99,12 @@ def param_bytes(config: ModelConfig) -> int:
   return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(model_lib.param_shapes(config)))
 
 
+def command_line(module: str, argv) -> str:
+  """The command that reproduces this run: `python -m <module> <args>` (argv None: sys.argv)."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  return shlex.join(["python", "-m", module] + (sys.argv[1:] if argv is None else list(argv)))
+
+
 # ----------------------------------------------------------------------------- device
 def device_info() -> Dict:
   devices = jax.devices()

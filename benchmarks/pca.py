@@ -24,7 +24,6 @@ reported relative to the teacher's parameter bytes (so 1.0 = the teacher alone).
 """
 import argparse
 import os
-import shlex
 import sys
 import time
 
@@ -360,7 +359,7 @@ def main(argv=None):
   info = common.device_info()
   label = common.device_label(info)
   mesh = sharding.make_mesh()
-  command = shlex.join(["python", "-m", "benchmarks.pca"] + (sys.argv[1:] if argv is None else list(argv)))
+  command = common.command_line("benchmarks.pca", argv)
   print(f"device: {label}; jax {jax.__version__}; mesh {dict(mesh.shape)}; load average {common.load_average()}")
   print("FLOP counts: " + "; ".join(f"{k}: {v}" for k, v in FLOP_FORMULAS.items()))
   out = {"benchmark": "pca", "command": command, "device": label, "device_info": info,

@@ -22,7 +22,6 @@ KD cost: measured step-time ratio t_KD / t_student vs the FLOP-predicted ratio
 import argparse
 import math
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -146,7 +145,7 @@ def main(argv=None):
   info = common.device_info()
   label = common.device_label(info)
   accel = common.is_accelerator()
-  command = shlex.join(["python", "-m", "benchmarks.train"] + (sys.argv[1:] if argv is None else list(argv)))
+  command = common.command_line("benchmarks.train", argv)
   mesh = sharding.make_mesh(args.model_parallel)
   if args.batch % mesh.shape["data"]:
     raise ValueError(f"--batch {args.batch} must divide by the mesh's data axis {mesh.shape['data']}")

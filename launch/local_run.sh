@@ -30,22 +30,8 @@ die() {
   exit 2
 }
 
-shell_quote() {
-  local s=$1 q="'\\''"
-  if [ -n "$s" ] && [[ $s =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then
-    printf '%s' "$s"
-  else
-    printf "'%s'" "${s//\'/$q}"
-  fi
-}
-
-join_quoted() {
-  local out="" arg
-  for arg in "$@"; do
-    out="${out:+$out }$(shell_quote "$arg")"
-  done
-  printf '%s' "$out"
-}
+# shellcheck source=launch/quote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/quote.sh"
 
 INSTALL=0 DRY_RUN=0 NUM_PROCESSES=1 PORT=12355
 TRAIN_ARGS=()

@@ -44,24 +44,8 @@ die() {  # die CODE MESSAGE
   exit "$1"
 }
 
-# shell_quote ARG: ARG quoted for a POSIX shell (left bare when it is safe).
-shell_quote() {
-  local s=$1 q="'\\''"
-  if [ -n "$s" ] && [[ $s =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then
-    printf '%s' "$s"
-  else
-    printf "'%s'" "${s//\'/$q}"
-  fi
-}
-
-# join_quoted ARGS...: the args as one shell command line.
-join_quoted() {
-  local out="" arg
-  for arg in "$@"; do
-    out="${out:+$out }$(shell_quote "$arg")"
-  done
-  printf '%s' "$out"
-}
+# shellcheck source=launch/quote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/quote.sh"
 
 # run CMD...: run it, or print it under --dry_run.
 run() {

