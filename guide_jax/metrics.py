@@ -7,8 +7,13 @@ from absl import logging
 
 
 def quiet_library_logs() -> None:
-  """Drop absl INFO records that come from orbax / tensorstore internals (warnings stay)."""
+  """Drop absl INFO records that come from orbax / tensorstore internals (warnings stay), and
+  jax's backend-probe warnings ("Unable to initialize backend 'tpu'", CUDA on a CPU host).
+  `--verbosity=1` (absl's -v) keeps everything."""
   import logging as std_logging
+  if logging.get_verbosity() >= 1:
+    return
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.ERROR)
 
   class _Filter(std_logging.Filter):
     def filter(self, record):

@@ -92,7 +92,7 @@ def run_once(run_dir: str, gin_files, bindings, dry_run: bool = False, label: st
     return None
   os.makedirs(run_dir, exist_ok=True)
   log_path = os.path.join(run_dir, "train.log")
-  logging.info("running %s > %s", " ".join(cmd), log_path)
+  logging.debug("running %s > %s", " ".join(cmd), log_path)  # --verbosity=1 shows it
   with open(log_path, "a") as log, tqdm.tqdm(desc=label or run_dir, unit="step", dynamic_ncols=True) as bar:
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     seen = 0
