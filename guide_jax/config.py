@@ -164,3 +164,22 @@ class TeacherConfig:
     if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_tau <= 0:
       raise ValueError(f"TeacherConfig needs 0 <= kd_alpha <= 1 and kd_tau > 0, got alpha={self.kd_alpha}, "
                        f"tau={self.kd_tau}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+  """Minitron-style pruning init (train.init = 'prune'; GUIDE_SPEC.md section 7).
+
+  calibration_batches: training batches (steps 0..k-1 of the run's stream) the teacher's
+    activations are measured on. aggregation: 'mean' or 'l2' over batch and sequence.
+  depth: which teacher layers survive: 'first_n', 'uniform' or 'importance'.
+  """
+  calibration_batches: int = 4
+  aggregation: str = "mean"
+  depth: str = "first_n"
+
+  def __post_init__(self):
+    _check_choice("aggregation", self.aggregation, ("mean", "l2"), "PruneConfig")
+    _check_choice("depth", self.depth, ("first_n", "uniform", "importance"), "PruneConfig")
+    if not isinstance(self.calibration_batches, int) or self.calibration_batches < 1:
+      raise ValueError(f"PruneConfig.calibration_batches must be a positive int, got {self.calibration_batches!r}")

@@ -22,6 +22,7 @@ import numpy as np
 import tqdm
 
 from guide_jax import gin_utils, metrics
+from guide_jax.config import ModelConfig
 from guide_jax.data import atomic
 
 def split_spec(spec: Sequence[str]):
@@ -137,14 +138,45 @@ def summarize(teacher: dict, arm_results: Dict[str, List[dict]], baseline: str) 
     ppls = [r["eval_ppl"] for r in runs]
     gaps = [gap_reduction(base_by_seed[r["seed"]], r["eval_ppl"], teacher_ppl) for r in runs
             if r["seed"] in base_by_seed]
+    step0 = [r["step0_ppl"] for r in runs if r.get("step0_ppl") is not None]
     arms.append({"name": name, "ppl": float(np.mean(ppls)), "ppl_std": float(np.std(ppls)),
                  "ppl_per_seed": ppls, "seeds": [r["seed"] for r in runs],
                  "gap_reduction": float(np.mean(gaps)) if gaps else float("nan"),
-                 "gap_reduction_per_seed": gaps, "tokens_seen": runs[0]["tokens_seen"]})
+                 "gap_reduction_std": float(np.std(gaps)) if gaps else float("nan"),
+                 "gap_reduction_per_seed": gaps, "tokens_seen": runs[0]["tokens_seen"],
+                 "step0_ppl": float(np.mean(step0)) if step0 else None,
+                 "train_flops": train_flops(runs[0], teacher)})
   base_ppl = float(np.mean(list(base_by_seed.values())))
   return {"teacher_ppl": teacher_ppl, "baseline": baseline, "baseline_ppl": base_ppl,
           "teacher_below_baseline": (base_ppl - teacher_ppl) / base_ppl, "arms": arms,
           "teacher": {k: teacher[k] for k in ("eval_ppl", "eval_loss", "tokens_seen", "model_config")}}
+
+
+def train_flops(run: dict, teacher: dict) -> float:
+  """Training FLOPs of one run: tokens x (3 x the student's forward + the teacher's forward if KD)."""
+  student = ModelConfig(**run["model_config"])
+  per_token = student.train_flops_per_token(run["seq_len"])
+  if run.get("kd_alpha", 0) > 0:
+    per_token += ModelConfig(**teacher["model_config"]).forward_flops_per_token(run["seq_len"])
+  return float(per_token * run["tokens_seen"])
+
+
+def study_json(summaries: Dict[str, dict], seeds: Sequence[int]) -> dict:
+  """A budgets x arms study (e.g. reports/beyond.json): per budget the teacher and baseline
+  perplexities, per arm and budget the gap reduction (mean, std over seeds), ppl and FLOPs."""
+  out = {"seeds": list(seeds), "budgets_tokens": {}, "teacher_ppl": {}, "baseline_ppl": {}, "arms": []}
+  for budget, summary in summaries.items():
+    tokens = summary["arms"][0]["tokens_seen"]
+    out["budgets_tokens"][budget] = tokens
+    out["teacher_ppl"][budget] = summary["teacher_ppl"]
+    out["baseline_ppl"][budget] = summary["baseline_ppl"]
+    for arm in summary["arms"]:
+      out["arms"].append({"name": arm["name"], "budget": budget, "budget_tokens": arm["tokens_seen"],
+                          "gap_reduction_mean": arm["gap_reduction"], "gap_reduction_std": arm["gap_reduction_std"],
+                          "gap_reduction_per_seed": arm["gap_reduction_per_seed"], "ppl_mean": arm["ppl"],
+                          "ppl_std": arm["ppl_std"], "step0_ppl_mean": arm["step0_ppl"],
+                          "train_flops": arm["train_flops"], "seeds": arm["seeds"]})
+  return out
 
 
 def markdown_table(summary: dict) -> str:
@@ -188,12 +220,16 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
           teacher: Sequence[str] = gin.REQUIRED, student: Sequence[str] = gin.REQUIRED,
           arms: Dict[str, Sequence[str]] = gin.REQUIRED, seeds: Sequence[int] = (0,),
           baseline: str = "baseline", dry_run: bool = False,
-          time_budget_s: Optional[float] = None) -> Optional[dict]:
+          time_budget_s: Optional[float] = None,
+          budgets: Optional[Dict[str, Sequence[str]]] = None) -> Optional[dict]:
   """Train the teacher (base + teacher specs), then each arm (base + student + arm specs) per seed.
 
   Specs are lists of gin files and bindings. Every arm gets TEACHER_DIR bound to the teacher run,
   and SEED to its seed, so all arms see the same tokens in the same order per seed.
   time_budget_s: stop (resumably) after this long: raises TimeBudgetReached.
+  budgets: {name: bindings} (e.g. TRAIN_STEPS): every arm x seed runs once per budget, smallest
+  first, into <output_dir>/<budget>/<arm>/seed_k; results.json then holds one summary per budget
+  and study.json the budgets x arms table.
   """
   deadline = None if time_budget_s is None else time.time() + time_budget_s
   if baseline not in arms:
@@ -209,24 +245,38 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
   teacher_dir = os.path.join(output_dir, "teacher")
   files, bindings = split_spec(list(base) + list(teacher))
   teacher_result = run_once(teacher_dir, files, bindings, dry_run, label="teacher", deadline=deadline)
-  arm_results, run_dirs = {}, {}
-  for name, spec in arms.items():
+  summaries, tables, all_dirs = {}, [], {}
+  for budget, budget_spec in (budgets or {None: []}).items():
+    arm_results, run_dirs = {}, {}
     for seed in seeds:
-      run_dir = os.path.join(output_dir, name, f"seed_{seed}")
-      files, bindings = split_spec(list(base) + list(student) + list(spec))
-      bindings = bindings + [f"TEACHER_DIR = '{teacher_dir}'", f"SEED = {seed}"]
-      result = run_once(run_dir, files, bindings, dry_run, label=f"{name} seed {seed}", deadline=deadline)
-      if result is not None:
-        arm_results.setdefault(name, []).append(result)
-        run_dirs.setdefault(name, []).append(run_dir)
+      for name, spec in arms.items():
+        run_dir = os.path.join(output_dir, *([budget] if budget else []), name, f"seed_{seed}")
+        files, bindings = split_spec(list(base) + list(student) + list(budget_spec) + list(spec))
+        bindings = bindings + [f"TEACHER_DIR = '{teacher_dir}'", f"SEED = {seed}"]
+        label = f"{budget + ' ' if budget else ''}{name} seed {seed}"
+        result = run_once(run_dir, files, bindings, dry_run, label=label, deadline=deadline)
+        if result is not None:
+          evals = metrics.read_metrics(run_dir, "eval")
+          result["step0_ppl"] = float(np.exp(evals[0]["loss"])) if 0 in evals else None
+          arm_results.setdefault(name, []).append(result)
+          run_dirs.setdefault(name, []).append(run_dir)
+    if dry_run:
+      continue
+    summaries[budget] = summarize(teacher_result, arm_results, baseline)
+    tables.append((f"## {budget}\n\n" if budget else "") + markdown_table(summaries[budget]))
+    all_dirs[budget] = run_dirs
   if dry_run:
     return None
-  summary = summarize(teacher_result, arm_results, baseline)
+  summary = summaries[None] if budgets is None else {"budgets": summaries}
   atomic.atomic_write_text(os.path.join(output_dir, "results.json"), json.dumps(summary, indent=2))
-  table = markdown_table(summary)
+  if budgets is not None:
+    atomic.atomic_write_text(os.path.join(output_dir, "study.json"),
+                             json.dumps(study_json(summaries, seeds), indent=2))
+  table = "\n".join(tables)
   atomic.atomic_write_text(os.path.join(output_dir, "results.md"), table)
   try:
-    plot(summary, run_dirs, os.path.join(output_dir, "results.png"))
+    last = list(summaries)[-1]
+    plot(summaries[last], all_dirs[last], os.path.join(output_dir, "results.png"))
     written = "results.json, results.md, results.png"
   except ImportError:  # a bare accelerator image without matplotlib: the table and JSON suffice
     written = "results.json, results.md (no matplotlib: no plot)"

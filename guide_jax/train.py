@@ -7,7 +7,8 @@ Init order (the first that applies wins; t5x/train.py and MaxText's base.yml kee
   1. resume: MODEL_DIR holds a checkpoint -> its params, optimizer state and step.
   2. params only: CheckpointConfig.init_params_dir (INIT_PARAMS_DIR) -> its params, a fresh
      optimizer state, step 0 (guide_jax.convert's output works here).
-  3. GUIDE: train.init = 'guide' -> guide_init from the teacher, compiled and sharded.
+  3. from the teacher: train.init = 'guide' (guide_init, compiled and sharded), or the comparison
+     arms 'weight_selection' / 'prune' (GUIDE_SPEC.md section 7).
   4. random: model.init_params(PRNGKey(seed)).
 
 Multi-process: set GUIDE_JAX_COORDINATOR=host:port, GUIDE_JAX_NUM_PROCESSES, GUIDE_JAX_PROCESS_ID
@@ -33,13 +34,15 @@ import optax
 from jax.experimental import multihost_utils
 
 from guide_jax import checkpoints, gin_utils, metrics, runlock, sharding, trainer
-from guide_jax.config import (CheckpointConfig, DataConfig, GuideConfig, ModelConfig, TeacherConfig)
+from guide_jax.config import (CheckpointConfig, DataConfig, GuideConfig, ModelConfig, PruneConfig,
+                              TeacherConfig)
 from guide_jax.data import atomic
-from guide_jax.transforms import check_dimensions, check_finite, guide_init
+from guide_jax.transforms import check_dimensions, check_finite, guide_init, prune, weight_selection
 
-INITS = ("random", "guide")
+INITS = ("random", "guide", "weight_selection", "prune")
+TEACHER_INITS = ("guide", "weight_selection", "prune")  # starts made from the teacher
 # Settings a resumed run must share with its checkpoint (CheckpointConfig.allow_changed_run waives).
-RESUME_KEYS = ("data", "seq_len", "batch_size", "seed", "init", "kd_alpha", "kd_tau", "guide")
+RESUME_KEYS = ("data", "seq_len", "batch_size", "seed", "init", "kd_alpha", "kd_tau", "guide", "prune")
 
 
 def maybe_initialize_distributed() -> None:
@@ -76,10 +79,10 @@ def check_run_args(model: ModelConfig, optimizer, train_steps: int, init: str, g
     raise ValueError(f"BATCH_SIZE {data.batch_size} must divide by the process count {jax.process_count()}")
   if init not in INITS:
     raise ValueError(f"train.init must be one of {INITS}, got {init!r}")
-  if init == "guide" and checkpoint.init_params_dir:
-    raise ValueError("train.init='guide' and CheckpointConfig.init_params_dir are two starts: choose one")
-  if (init == "guide" or teacher.kd_alpha > 0) and not teacher.teacher_dir:
-    raise ValueError("TeacherConfig.teacher_dir (TEACHER_DIR) is required for init='guide' or kd_alpha > 0")
+  if init in TEACHER_INITS and checkpoint.init_params_dir:
+    raise ValueError(f"train.init={init!r} and CheckpointConfig.init_params_dir are two starts: choose one")
+  if (init in TEACHER_INITS or teacher.kd_alpha > 0) and not teacher.teacher_dir:
+    raise ValueError(f"TeacherConfig.teacher_dir (TEACHER_DIR) is required for init={init!r} or kd_alpha > 0")
 
 
 def resume_step(model_dir: str, restore_step: Optional[int]) -> Optional[int]:
@@ -132,7 +135,7 @@ def load_teacher(teacher: TeacherConfig, model: ModelConfig, init: str, mesh):
   if teacher_config.vocab_size != model.vocab_size:
     raise ValueError(f"teacher/student vocab mismatch: teacher vocab_size {teacher_config.vocab_size} != "
                      f"student {model.vocab_size}")
-  if init == "guide":
+  if init in TEACHER_INITS:
     check_dimensions(teacher_config, model)
   params, _ = checkpoints.load_params(teacher.teacher_dir, sharding.param_shardings(teacher_config, mesh))
   check_finite(params, f"teacher params ({teacher.teacher_dir})")
@@ -145,7 +148,8 @@ def load_teacher(teacher: TeacherConfig, model: ModelConfig, init: str, mesh):
 
 def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
           optimizer: optax.GradientTransformation = gin.REQUIRED, train_steps: int = 1000,
-          init: str = "random", guide: GuideConfig = GuideConfig(), teacher: TeacherConfig = TeacherConfig(),
+          init: str = "random", guide: GuideConfig = GuideConfig(), prune_config: PruneConfig = PruneConfig(),
+          teacher: TeacherConfig = TeacherConfig(),
           data: DataConfig = DataConfig(), checkpoint: CheckpointConfig = CheckpointConfig(), seed: int = 0,
           eval_every: int = 200, log_every: int = 20, model_parallel: int = 1,
           num_devices: Optional[int] = None, stop_after: Optional[int] = None) -> dict:
@@ -164,7 +168,8 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   run_meta = {"data": data.data_dir or data.corpus, "seq_len": data.seq_len, "batch_size": data.batch_size,
               "seed": seed, "init": "params" if checkpoint.init_params_dir else init,
               "kd_alpha": teacher.kd_alpha, "kd_tau": teacher.kd_tau,
-              "guide": dataclasses.asdict(guide) if init == "guide" else None}
+              "guide": dataclasses.asdict(guide) if init in ("guide", "weight_selection") else None,
+              "prune": dataclasses.asdict(prune_config) if init == "prune" else None}
   start = resume_step(model_dir, checkpoint.restore_step)
   if start is not None:
     check_resume(model_dir, start, model, run_meta, checkpoint.allow_changed_run)
@@ -177,7 +182,7 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   # ----------------------------------------------------------------------------- teacher
   # Loaded only when this run will use it: KD, or a fresh GUIDE start (decided identically everywhere).
   teacher_params, teacher_config = None, None
-  if teacher.kd_alpha > 0 or (init == "guide" and start is None):
+  if teacher.kd_alpha > 0 or (init in TEACHER_INITS and start is None):
     teacher_params, teacher_config = load_teacher(teacher, model, init, mesh)
 
   # ----------------------------------------------------------------------------- data
@@ -216,6 +221,16 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
         params, info = guide_init(teacher_params, teacher_config, model, guide, mesh=mesh)
         logging.info("GUIDE init from %s: explained variance %.4f, teacher layers %s",
                      teacher.teacher_dir, info.explained_variance, list(info.teacher_layers))
+      elif init == "weight_selection":                                    # 3'. other teacher starts
+        params = weight_selection.weight_selection_init(teacher_params, teacher_config, model,
+                                                        layer_selection=guide.layer_selection, mesh=mesh)
+      elif init == "prune":
+        calibration = np.concatenate([batches.batch(i)["decoder_input_tokens"]
+                                      for i in range(prune_config.calibration_batches)])
+        importance = prune.importance(teacher_params, teacher_config, calibration,
+                                      aggregation=prune_config.aggregation, mesh=mesh)
+        params = prune.prune_init(teacher_params, teacher_config, model, importance, depth=prune_config.depth,
+                                  mesh=mesh)
       else:                                                               # 4. random
         params = trainer.init_random(state, model, jax.random.PRNGKey(seed))
       opt_state = trainer.init_opt_state(state, optimizer, params)

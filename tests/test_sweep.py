@@ -69,3 +69,38 @@ def test_gap_reduction_formula_and_missing_baseline():
   assert sweep_lib.gap_reduction(100.0, 100.0, 60.0) == 0.0
   with pytest.raises(ValueError, match="baseline arm"):
     sweep_lib.sweep(output_dir="x", teacher=[], student=[], arms={"guide": []})
+
+
+def test_budget_study_runs_the_comparison_arms_and_writes_study_json(tmp_path):
+  """A budgets x arms study (gin/sweeps/beyond.gin's shape): weight selection and pruning arms
+  train from the teacher, and study.json holds per budget the teacher / baseline ppl and per arm
+  the gap reduction, step-0 ppl and FLOPs."""
+  out = tmp_path / "study"
+  gin_file = tmp_path / "study.gin"
+  gin_file.write_text(f"""
+from __gin__ import dynamic_registration
+from guide_jax import sweep
+sweep.sweep.output_dir = '{out}'
+sweep.sweep.base = ['gin/runs/pretrain.gin', {', '.join(MICRO)}]
+sweep.sweep.teacher = ['gin/models/tiny_student.gin', 'TRAIN_STEPS = 10', 'config.ModelConfig.d_model = 48',
+                       'config.ModelConfig.n_layers = 2']
+sweep.sweep.student = ['gin/models/tiny_student.gin', 'config.ModelConfig.d_model = 32', 'config.ModelConfig.n_layers = 1']
+sweep.sweep.budgets = {{'short': ['TRAIN_STEPS = 3'], 'long': ['TRAIN_STEPS = 6']}}
+sweep.sweep.arms = {{'baseline': [], 'ws': ['gin/weight_selection.gin'], 'prune_kd': ['gin/prune.gin', 'gin/kd.gin']}}
+sweep.sweep.seeds = [0]
+""")
+  result = run_sweep(gin_file)
+  assert result.returncode == 0, result.stderr[-3000:]
+  study = json.load(open(out / "study.json"))
+  assert study["budgets_tokens"] == {"short": 3 * 4 * 32, "long": 6 * 4 * 32}
+  assert set(study["teacher_ppl"]) == set(study["baseline_ppl"]) == {"short", "long"}
+  arms = {(a["name"], a["budget"]): a for a in study["arms"]}
+  assert set(arms) == {(n, b) for n in ("baseline", "ws", "prune_kd") for b in ("short", "long")}
+  for arm in arms.values():
+    assert arm["train_flops"] > 0 and arm["step0_ppl_mean"] > 0 and arm["ppl_mean"] > 0
+  # KD pays for the teacher's forward; a longer budget costs more.
+  assert arms[("prune_kd", "short")]["train_flops"] > arms[("ws", "short")]["train_flops"]
+  assert arms[("ws", "long")]["train_flops"] == 2 * arms[("ws", "short")]["train_flops"]
+  # Different starts: weight selection and pruning do not start where the random baseline does.
+  assert arms[("ws", "short")]["step0_ppl_mean"] != arms[("baseline", "short")]["step0_ppl_mean"]
+  assert "## short" in (out / "results.md").read_text()
