@@ -5,3 +5,6 @@ from guide_jax.transforms.guide import (GuideInfo, GuideResult, compiled_guide_i
 from guide_jax.transforms.pca import PCAResult, covariance, pca_embedding, pca_table, top_components
 from guide_jax.transforms.select import select_heads, select_layers, uniform_indices, uniform_select
 from guide_jax.transforms.validate import check_dimensions, check_finite, check_tree
+from guide_jax.transforms.prune import (AGGREGATIONS, DEPTHS, Importance, PruneIndices, importance, prune_indices,
+                                        prune_init, top_k)
+from guide_jax.transforms.weight_selection import weight_selection_init
