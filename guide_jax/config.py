@@ -4,7 +4,8 @@ import dataclasses
 from typing import Optional
 
 POSITION_EMBEDDINGS = ("rope", "relpos")
-MLP_ACTIVATIONS = ("gelu", "silu", "relu")
+MLP_ACTIVATIONS = ("gelu", "silu", "relu", "gelu_exact")  # gelu: tanh approximation; gelu_exact: erf
+ROPE_SCALINGS = ("none", "linear", "llama3")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
 BLOCKS = ("first", "all", "none")
@@ -19,6 +20,12 @@ class ModelConfig:
   d_model (d), n_layers (n), n_heads (h), head_dim (l), mlp_dim (f), vocab_size (V).
   position_embedding: 'rope' (rotate-half RoPE) or 'relpos' (t5x's T5 relative biases).
   dtype: activation dtype; params are always stored in param_dtype (float32).
+  mlp_activation: 'gelu' (tanh approximation, t5x's), 'gelu_exact' (erf), 'silu' or 'relu'.
+  rope_scaling: RoPE frequency scaling as transformers computes it (guide_jax.model.rope_frequencies):
+    'none'; 'linear' (every frequency / rope_scaling_factor); 'llama3' (Llama 3.1: wavelengths below
+    rope_original_max_positions / rope_high_freq_factor kept, above rope_original_max_positions /
+    rope_low_freq_factor divided by rope_scaling_factor, interpolated in between). The factors are
+    used only by the scalings that name them and must keep their defaults otherwise.
   """
   vocab_size: int
   d_model: int
@@ -37,6 +44,11 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   attention_impl: str = "xla"  # passed to jax.nn.dot_product_attention ('xla' | 'cudnn')
+  rope_scaling: str = "none"
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_positions: int = 8192
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_dim"):
@@ -51,6 +63,29 @@ class ModelConfig:
     _check_choice("attention_impl", self.attention_impl, ("xla", "cudnn"))
     if self.position_embedding == "rope" and self.head_dim % 2:
       raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+    self._check_rope_scaling()
+
+  def _check_rope_scaling(self):
+    _check_choice("rope_scaling", self.rope_scaling, ROPE_SCALINGS)
+    if self.rope_scaling != "none" and self.position_embedding != "rope":
+      raise ValueError(f"ModelConfig.rope_scaling={self.rope_scaling!r} needs position_embedding='rope'")
+    floats = ("rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor")
+    for name in floats:
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"ModelConfig.{name} must be a number > 0, got {value!r}")
+    value = self.rope_original_max_positions
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise ValueError(f"ModelConfig.rope_original_max_positions must be a positive int, got {value!r}")
+    used = {"none": (), "linear": ("rope_scaling_factor",), "llama3": floats + ("rope_original_max_positions",)}
+    for name in floats + ("rope_original_max_positions",):
+      default = ModelConfig.__dataclass_fields__[name].default
+      if name not in used[self.rope_scaling] and getattr(self, name) != default:
+        raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} is not used by "
+                         f"rope_scaling={self.rope_scaling!r}; leave it at {default!r}")
+    if self.rope_scaling == "llama3" and not self.rope_low_freq_factor < self.rope_high_freq_factor:
+      raise ValueError("ModelConfig.rope_low_freq_factor must be < rope_high_freq_factor, got "
+                       f"{self.rope_low_freq_factor} and {self.rope_high_freq_factor}")
 
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)

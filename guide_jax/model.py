@@ -77,11 +77,37 @@ class Kernel(nn.Module):
     return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
 
 
-def rope(x: Array, positions: Array, theta: float) -> Array:
-  """Rotate-half rotary embedding. x [B, T, h, l], positions [B, T] -> [B, T, h, l]."""
-  half = x.shape[-1] // 2
-  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles = positions[..., None].astype(jnp.float32) * freqs  # [B, T, half]
+def rope_frequencies(config: ModelConfig) -> np.ndarray:
+  """RoPE inverse frequencies [l/2] float32, as transformers' ROPE_INIT_FUNCTIONS compute them.
+
+  Base: theta^(-2i/l), i < l/2. rope_scaling 'linear' divides them all by the factor; 'llama3'
+  (Llama 3.1) keeps wavelengths 2 pi / freq below original / high_freq_factor, divides those above
+  original / low_freq_factor by the factor and interpolates in between with
+  s = (original / wavelength - low) / (high - low): (1 - s) freq / factor + s freq.
+  Computed in float64 at trace time (a constant of the compiled program).
+  """
+  l = config.head_dim
+  freqs = 1.0 / config.rope_theta ** (np.arange(0, l, 2, dtype=np.float64) / l)
+  factor = float(config.rope_scaling_factor)
+  if config.rope_scaling == "linear":
+    freqs = freqs / factor
+  elif config.rope_scaling == "llama3":
+    low, high = float(config.rope_low_freq_factor), float(config.rope_high_freq_factor)
+    original = float(config.rope_original_max_positions)
+    wavelength = 2 * math.pi / freqs
+    smooth = (original / wavelength - low) / (high - low)
+    medium = (1 - smooth) * freqs / factor + smooth * freqs
+    freqs = np.where(wavelength > original / low, freqs / factor,
+                     np.where(wavelength < original / high, freqs, medium))
+  return freqs.astype(np.float32)
+
+
+def rope(x: Array, positions: Array, freqs: Array) -> Array:
+  """Rotate-half rotary embedding. x [B, T, h, l], positions [B, T], freqs [l/2] -> [B, T, h, l].
+
+  freqs: rope_frequencies(config) (theta^(-2i/l) unless the config scales them).
+  """
+  angles = positions[..., None].astype(jnp.float32) * jnp.asarray(freqs, jnp.float32)  # [B, T, l/2]
   sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
@@ -131,12 +157,19 @@ class SelfAttention(nn.Module):
     k = heads(proj(name="key")(x))
     v = heads(proj(name="value")(x))
     if cfg.position_embedding == "rope":
-      q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+      freqs = rope_frequencies(cfg)
+      q, k = rope(q, positions, freqs), rope(k, positions, freqs)
     y = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0,
                                      implementation=cfg.attention_impl if cfg.attention_impl != "xla" else None)
     y = y.reshape(y.shape[:-2] + (h * l,))
     return Kernel(in_shape=(h * l,), out_shape=(d,), axes=("joined_kv", "embed"), dtype=dt,
                   param_dtype=pdt, name="out")(y)
+
+
+# ModelConfig.mlp_activation -> function ('gelu' is t5x's tanh approximation, 'gelu_exact' the erf form).
+ACTIVATIONS = {"gelu": functools.partial(jax.nn.gelu, approximate=True),
+               "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
+               "silu": jax.nn.silu, "relu": jax.nn.relu}
 
 
 class MlpBlock(nn.Module):
@@ -150,8 +183,7 @@ class MlpBlock(nn.Module):
     dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
     wi = functools.partial(Kernel, in_shape=(d,), out_shape=(f,), axes=("embed", "mlp"), dtype=dt,
                            param_dtype=pdt)
-    act = {"gelu": functools.partial(jax.nn.gelu, approximate=True), "silu": jax.nn.silu,
-           "relu": jax.nn.relu}[cfg.mlp_activation]
+    act = ACTIVATIONS[cfg.mlp_activation]
     hidden = act(wi(name="wi_0")(x)) * wi(name="wi_1")(x)
     return Kernel(in_shape=(f,), out_shape=(d,), axes=("mlp", "embed"), dtype=dt, param_dtype=pdt,
                   name="wo")(hidden)
