@@ -2,8 +2,29 @@
 
 Files are read from disk (no hub access): `model.safetensors`, or sharded
 `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`, next to `config.json`.
-Params come back as numpy float32 in guide_jax.model's t5x tree ({'decoder': {...}}) with a
-ModelConfig. Notation: d hidden, h query heads, k kv heads, l head_dim, f mlp, V vocab.
+Params come back as numpy float32 (bf16/f16 checkpoints are upcast) in guide_jax.model's t5x tree
+({'decoder': {...}}) with a ModelConfig. Notation: d hidden, h query heads, k kv heads, l head_dim,
+f mlp, V vocab.
+
+config.json is read as transformers itself reads it (checked against transformers 4.57 and 5.x
+PyTorch forwards in tests/test_hf_*.py, run by tests/hf_tier.sh), in both formats:
+  * RoPE: 5.x writes `rope_parameters` {rope_type, rope_theta, factor, ...}; 4.x writes a top-level
+    `rope_theta` and `rope_scaling` ({rope_type | type, factor, ...} or null). As transformers 5.x
+    does: the parameters are `rope_scaling or rope_parameters`; theta is theirs, else the top-level
+    `rope_theta`, else 10000; the type is `rope_type`, else `type`, else 'default'. Types 'default',
+    'linear' and 'llama3' (Llama 3.1/3.2) are implemented (ModelConfig.rope_scaling,
+    guide_jax.model.rope_frequencies); llama3's original_max_position_embeddings comes from a
+    top-level key, else the parameters, else max_position_embeddings (transformers' precedence).
+  * Keys a config omits take LlamaConfig's / GemmaConfig's defaults (kv heads = heads and head_dim =
+    d / h for LLaMA, 16 and 256 for Gemma; tie_word_embeddings False for LLaMA, True for Gemma).
+  * Activation: ACT2FN[hidden_act] in both models ('gelu' is the exact erf gelu -> 'gelu_exact',
+    'gelu_pytorch_tanh' / 'gelu_new' the tanh form -> 'gelu', 'silu' / 'swish', 'relu'). Gemma's
+    `hidden_activation` is ignored, as transformers ignores it; a Gemma hidden_act 'gelu' is read as
+    'gelu_pytorch_tanh', as GemmaConfig 5.x converts it (the official releases meant the tanh form;
+    transformers 4.x computed exact gelu there).
+  * Anything else the model cannot represent (attention/MLP biases, other RoPE types, partial
+    rotary, bidirectional attention, quantized weights, unknown activations) is refused with one
+    ValueError naming every such setting, before any tensor is read.
 
 Conventions (checked against transformers' modeling_llama / modeling_gemma):
   * nn.Linear stores [out, in]: q_proj [h*l, d] -> query kernel [d, h*l] = W.T (heads-major)
@@ -15,7 +36,6 @@ Conventions (checked against transformers' modeling_llama / modeling_gemma):
   * RoPE: HF LLaMA checkpoints are already permuted to the rotate_half layout (their conversion
     script permutes Meta's interleaved q/k), and HF's inv_freq = theta^(-2i/l) on halves of l
     matches guide_jax.model.rope, so q/k are copied without any permutation.
-    `rope_scaling` (e.g. Llama 3.1's 'llama3') is not implemented by our model: rejected.
   * gate_proj -> wi_0 (activated), up_proj -> wi_1, down_proj -> wo; norms: input_layernorm ->
     pre_self_attention_layer_norm, post_attention_layernorm -> pre_mlp_layer_norm, model.norm ->
     decoder_norm; lm_head [V, d] -> logits_dense kernel [d, V] (untied only).
@@ -29,28 +49,36 @@ Conventions (checked against transformers' modeling_llama / modeling_gemma):
     embeddings by sqrt(d) and ties the output layer with no scale. Storing E' = sqrt(d) E is
     exact for both: input E'[tok] = sqrt(d) E[tok]; logits y E'^T / sqrt(d) = y E^T. (HF rounds
     the sqrt(d) normalizer to the activation dtype, e.g. 45.25 for d=2048 in bf16; we use the
-    exact float32 value, i.e. HF's float32 forward.) MLP activation is gelu tanh-approximation
-    (`hidden_activation` gelu_pytorch_tanh). Gemma 2/3 (soft-capping, extra norms) are rejected.
+    exact float32 value, i.e. HF's float32 forward.) Gemma 2/3 (soft-capping, extra norms) are
+    rejected by model_type.
 """
 import json
 import math
 import os
-import tempfile
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save as safetensors_bytes
 
 from guide_jax.config import ModelConfig
+from guide_jax.data.atomic import atomic_write_bytes, atomic_write_json
 
 Params = Dict[str, Any]
 TIED_MODES = ("rescale", "untie")
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
-# HF hidden_act -> our mlp_activation. HF 'gelu' is the exact erf gelu: ours is tanh-approximate.
-_ACTS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu", "gelu_new": "gelu",
-         "relu": "relu"}
+# HF hidden_act (transformers' ACT2FN) -> our mlp_activation.
+_ACTS = {"silu": "silu", "swish": "silu", "gelu": "gelu_exact", "gelu_pytorch_tanh": "gelu",
+         "gelu_new": "gelu", "relu": "relu"}
+# transformers' LlamaConfig / GemmaConfig defaults for keys a config.json may omit (None: see _read_config).
+_DEFAULTS = {
+    "llama": {"num_key_value_heads": None, "head_dim": None, "hidden_act": "silu",
+              "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "max_position_embeddings": 2048},
+    "gemma": {"num_key_value_heads": 16, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+              "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 8192},
+}
+_ROPE_TYPES = ("default", "linear", "llama3")
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
@@ -127,8 +155,12 @@ class _Reader:
 
 
 # ----------------------------------------------------------------------------- HF config
-def _hf_dims(hf: Mapping[str, Any], model_type: str) -> Dict[str, Any]:
-  """Validated HF config -> {d, h, k, l, f, V, n, eps, theta, tied}."""
+def _read_config(hf: Mapping[str, Any], model_type: str) -> Dict[str, Any]:
+  """config.json (4.x or 5.x format) -> dims {d, h, k, l, f, V, n, tied} + ModelConfig fields.
+
+  Follows transformers' LlamaConfig / GemmaConfig (module docstring). Every unsupported setting
+  is collected and refused in one ValueError.
+  """
   if hf.get("model_type") != model_type:
     raise ValueError(f"unsupported model_type {hf.get('model_type')!r} in config.json; "
                      f"expected {model_type!r}")
@@ -137,21 +169,68 @@ def _hf_dims(hf: Mapping[str, Any], model_type: str) -> Dict[str, Any]:
   missing = [key for key in required if hf.get(key) is None]
   if missing:
     raise ValueError(f"config.json is missing {', '.join(missing)}")
-  if hf.get("rope_scaling"):
-    raise ValueError(f"unsupported config: rope_scaling={hf['rope_scaling']!r} (our RoPE has no "
-                     "frequency scaling)")
+  get = lambda key: _DEFAULTS[model_type][key] if hf.get(key) is None else hf[key]
+  d, h = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+  k = int(get("num_key_value_heads") or h)
+  l = int(get("head_dim") or d // h)
+  problems: List[str] = []
+  if h % k:
+    problems.append(f"num_attention_heads={h} is not a multiple of num_key_value_heads={k}")
   for key in ("attention_bias", "mlp_bias"):
     if hf.get(key):
-      raise ValueError(f"unsupported config: {key}=true (our model has no biases)")
-  d, h = int(hf["hidden_size"]), int(hf["num_attention_heads"])
-  k = int(hf.get("num_key_value_heads") or h)
-  l = int(hf.get("head_dim") or d // h)
-  # transformers' defaults: LlamaConfig ties nothing, GemmaConfig ties the output layer.
-  if h % k:
-    raise ValueError(f"num_attention_heads={h} is not a multiple of num_key_value_heads={k}")
-  return dict(d=d, h=h, k=k, l=l, f=int(hf["intermediate_size"]), V=int(hf["vocab_size"]),
-              n=int(hf["num_hidden_layers"]), theta=float(hf.get("rope_theta", 10000.0)),
-              tied=bool(hf.get("tie_word_embeddings", model_type == "gemma")))
+      problems.append(f"{key}=true (our model has no biases)")
+  if hf.get("use_bidirectional_attention"):
+    problems.append("use_bidirectional_attention=true (our attention is causal)")
+  if hf.get("quantization_config") is not None:
+    problems.append("quantization_config (only float checkpoints are read)")
+  act = get("hidden_act")
+  if model_type == "gemma" and act == "gelu":
+    act = "gelu_pytorch_tanh"  # GemmaConfig 5.x: the legacy value means the tanh form
+  if act not in _ACTS:
+    problems.append(f"hidden_act={act!r} (supported: {sorted(_ACTS)})")
+  rope = _read_rope(hf, get("max_position_embeddings"), problems)
+  if problems:
+    raise ValueError("unsupported config.json: " + "; ".join(problems))
+  fields = dict(vocab_size=int(hf["vocab_size"]), d_model=d, n_layers=int(hf["num_hidden_layers"]),
+                n_heads=h, head_dim=l, mlp_dim=int(hf["intermediate_size"]),
+                tie_embeddings=bool(get("tie_word_embeddings")), norm_eps=float(get("rms_norm_eps")),
+                mlp_activation=_ACTS[act], position_embedding="rope", **rope)
+  return dict(d=d, h=h, k=k, l=l, f=fields["mlp_dim"], V=fields["vocab_size"], n=fields["n_layers"],
+              tied=fields["tie_embeddings"], fields=fields)
+
+
+def _read_rope(hf: Mapping[str, Any], max_positions, problems: List[str]) -> Dict[str, Any]:
+  """RoPE settings of config.json (4.x `rope_theta` + `rope_scaling`, or 5.x `rope_parameters`)
+  -> ModelConfig fields {rope_theta, rope_scaling, ...}; unsupported settings go to `problems`."""
+  params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+  if not isinstance(params, Mapping):
+    problems.append(f"rope parameters {params!r} (expected a dict)")
+    return {}
+  theta = params.get("rope_theta", hf.get("rope_theta"))
+  fields: Dict[str, Any] = {"rope_theta": 10000.0 if theta is None else float(theta)}
+  partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
+  if partial is not None and float(partial) != 1.0:
+    problems.append(f"partial_rotary_factor={partial} (our RoPE rotates the whole head)")
+  rope_type = params.get("rope_type", params.get("type", "default"))
+  if rope_type not in _ROPE_TYPES:
+    problems.append(f"rope_type={rope_type!r} (supported: {', '.join(_ROPE_TYPES)})")
+    return fields
+  needs = {"default": (), "linear": ("factor",),
+           "llama3": ("factor", "low_freq_factor", "high_freq_factor")}[rope_type]
+  absent = [key for key in needs if params.get(key) is None]
+  if absent:
+    problems.append(f"rope_type={rope_type!r} without {', '.join(absent)}")
+    return fields
+  if rope_type == "linear":
+    fields.update(rope_scaling="linear", rope_scaling_factor=float(params["factor"]))
+  elif rope_type == "llama3":
+    original = hf.get("original_max_position_embeddings",
+                      params.get("original_max_position_embeddings", max_positions))
+    fields.update(rope_scaling="llama3", rope_scaling_factor=float(params["factor"]),
+                  rope_low_freq_factor=float(params["low_freq_factor"]),
+                  rope_high_freq_factor=float(params["high_freq_factor"]),
+                  rope_original_max_positions=int(original))
+  return fields
 
 
 def _expected(dims) -> Dict[str, Tuple[int, ...]]:
@@ -224,19 +303,17 @@ def _contiguous(tree):
 
 
 def _load(path, model_type):
-  """Validates config and tensor names/shapes (headers only) -> (hf config, dims, reader)."""
+  """Validates config and tensor names/shapes (headers only) -> (dims, ModelConfig, reader)."""
   root, names = _locate(path)
   with open(os.path.join(root, "config.json")) as f:
     hf = json.load(f)
-  dims = _hf_dims(hf, model_type)
+  dims = _read_config(hf, model_type)
+  try:
+    config = ModelConfig(**dims["fields"])
+  except ValueError as e:
+    raise ValueError(f"unsupported config.json: {e}") from e
   _check_tensors(_shapes(names), dims)
-  return hf, dims, _Reader(names)
-
-
-def _activation(name, where):
-  if name not in _ACTS:
-    raise ValueError(f"unsupported config: {where}={name!r} (supported: {sorted(_ACTS)})")
-  return _ACTS[name]
+  return dims, config, _Reader(names)
 
 
 def import_llama(path_or_dir, *, tied_mode: str = "rescale") -> Tuple[Params, ModelConfig]:
@@ -247,28 +324,24 @@ def import_llama(path_or_dir, *, tied_mode: str = "rescale") -> Tuple[Params, Mo
   """
   if tied_mode not in TIED_MODES:
     raise ValueError(f"tied_mode must be one of {TIED_MODES}, got {tied_mode!r}")
-  hf, dims, read = _load(path_or_dir, "llama")
-  act = _activation(hf.get("hidden_act", "silu"), "hidden_act")
-  eps = float(hf.get("rms_norm_eps", 1e-6))
+  dims, config, read = _load(path_or_dir, "llama")
   scale = 1.0
   if dims["tied"] and tied_mode == "rescale":
-    scale, eps = math.sqrt(dims["d"]), eps * dims["d"]
+    scale = math.sqrt(dims["d"])
+    config = config.replace(norm_eps=config.norm_eps * dims["d"])
   params = _convert(read, dims, norm_offset=0.0, embed_scale=scale, out_scale=scale)
-  tied = dims["tied"]
-  if tied and tied_mode == "untie":
+  if dims["tied"] and tied_mode == "untie":
     params["decoder"]["logits_dense"] = {
         "kernel": np.ascontiguousarray(params["decoder"]["token_embedder"]["embedding"].T)}
-    tied = False
-  return params, _model_config(dims, tied, eps, act)
+    config = config.replace(tie_embeddings=False)
+  return params, config
 
 
 def import_gemma(path_or_dir) -> Tuple[Params, ModelConfig]:
   """Gemma (1) HF checkpoint -> (params, ModelConfig); norms 1 + w, embedding * sqrt(d)."""
-  hf, dims, read = _load(path_or_dir, "gemma")  # Gemma 2/3 ('gemma2', ...) fail the type check
-  # transformers' Gemma uses `hidden_activation` (default gelu_pytorch_tanh) and ignores hidden_act.
-  act = _activation(hf.get("hidden_activation") or "gelu_pytorch_tanh", "hidden_activation")
+  dims, config, read = _load(path_or_dir, "gemma")  # Gemma 2/3 ('gemma2', ...) fail the type check
   params = _convert(read, dims, norm_offset=1.0, embed_scale=math.sqrt(dims["d"]), out_scale=1.0)
-  return params, _model_config(dims, dims["tied"], float(hf.get("rms_norm_eps", 1e-6)), act)
+  return params, config
 
 
 def import_hf(path_or_dir, **kwargs) -> Tuple[Params, ModelConfig]:
@@ -282,36 +355,43 @@ def import_hf(path_or_dir, **kwargs) -> Tuple[Params, ModelConfig]:
   return importers[model_type](path_or_dir, **kwargs)
 
 
-def _model_config(dims, tied, eps, act) -> ModelConfig:
-  return ModelConfig(vocab_size=dims["V"], d_model=dims["d"], n_layers=dims["n"],
-                     n_heads=dims["h"], head_dim=dims["l"], mlp_dim=dims["f"],
-                     tie_embeddings=bool(tied), norm_eps=float(eps), rope_theta=dims["theta"],
-                     mlp_activation=act, position_embedding="rope")
-
-
 # ----------------------------------------------------------------------------- export
-_HF_ACTS = {"silu": "silu", "gelu": "gelu_pytorch_tanh", "relu": "relu"}
+_HF_ACTS = {"silu": "silu", "gelu": "gelu_pytorch_tanh", "gelu_exact": "gelu", "relu": "relu"}
 
 
-def _cfg(config, key):
-  return config[key] if isinstance(config, Mapping) else getattr(config, key)
+def _hf_rope_scaling(config: ModelConfig):
+  """ModelConfig's RoPE scaling -> config.json's `rope_scaling` (4.x form, read by 5.x too)."""
+  if config.rope_scaling == "linear":
+    return {"rope_type": "linear", "factor": config.rope_scaling_factor}
+  if config.rope_scaling == "llama3":
+    return {"rope_type": "llama3", "factor": config.rope_scaling_factor,
+            "low_freq_factor": config.rope_low_freq_factor,
+            "high_freq_factor": config.rope_high_freq_factor,
+            "original_max_position_embeddings": config.rope_original_max_positions}
+  return None
 
 
 def export_llama(params: Params, config, out_dir, *, max_position_embeddings: int = 2048) -> str:
   """Inverse of import_llama: writes out_dir/{model.safetensors, config.json} (float32, MHA).
 
-  config: ModelConfig or dict with its fields. Tied models are written tied with the inverse
+  config: ModelConfig or a dict of its fields. Tied models are written tied with the inverse
   of tied_mode='rescale' (E / sqrt(d), out and wo / sqrt(d), eps / d), so the HF forward equals
-  ours. Each file is written to a temp file and os.replace'd; stale shards are not removed.
+  ours. config.json uses the 4.x keys `rope_theta` and `rope_scaling`, which transformers 5.x
+  reads too. Each file is written atomically (guide_jax.data.atomic; the safetensors file is
+  serialized in memory first); stale shards are not removed.
   """
-  d, n, h, l, f, V = (int(_cfg(config, key)) for key in
-                      ("d_model", "n_layers", "n_heads", "head_dim", "mlp_dim", "vocab_size"))
-  tied = bool(_cfg(config, "tie_embeddings"))
-  pos = _cfg(config, "position_embedding") if not isinstance(config, Mapping) else config.get(
-      "position_embedding", "rope")
-  if pos != "rope":
-    raise ValueError(f"unsupported config: position_embedding={pos!r} (LLaMA uses rope)")
-  act = _cfg(config, "mlp_activation")
+  if isinstance(config, Mapping):
+    try:
+      config = ModelConfig(**config)
+    except TypeError as e:
+      raise ValueError(f"config is not a ModelConfig's fields: {e}") from e
+  d, n, h, l, f, V = (config.d_model, config.n_layers, config.n_heads, config.head_dim,
+                      config.mlp_dim, config.vocab_size)
+  tied = config.tie_embeddings
+  if config.position_embedding != "rope":
+    raise ValueError(f"unsupported config: position_embedding={config.position_embedding!r} "
+                     "(LLaMA uses rope)")
+  act = config.mlp_activation
   if act not in _HF_ACTS:
     raise ValueError(f"unsupported config: mlp_activation={act!r}")
   dec = params.get("decoder") if isinstance(params, Mapping) else None
@@ -340,7 +420,7 @@ def export_llama(params: Params, config, out_dir, *, max_position_embeddings: in
     if leaves[keys].shape != shape:
       raise ValueError(f"decoder/{'/'.join(keys)} has shape {leaves[keys].shape}, expected {shape}")
 
-  eps = float(_cfg(config, "norm_eps"))
+  eps = float(config.norm_eps)
   scale = 1.0
   if tied:
     scale, eps = math.sqrt(d), eps / d
@@ -367,32 +447,14 @@ def export_llama(params: Params, config, out_dir, *, max_position_embeddings: in
       "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": V,
       "hidden_size": d, "intermediate_size": f, "num_hidden_layers": n,
       "num_attention_heads": h, "num_key_value_heads": h, "head_dim": l,
-      "rms_norm_eps": eps, "rope_theta": float(_cfg(config, "rope_theta")), "rope_scaling": None,
+      "rms_norm_eps": eps, "rope_theta": float(config.rope_theta),
+      "rope_scaling": _hf_rope_scaling(config),
       "tie_word_embeddings": tied, "hidden_act": _HF_ACTS[act], "attention_bias": False,
       "mlp_bias": False, "max_position_embeddings": int(max_position_embeddings),
       "torch_dtype": "float32"}
 
   out_dir = os.fspath(out_dir)
-  os.makedirs(out_dir, exist_ok=True)
   tensors = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in tensors.items()}
-  _atomic_write(out_dir, _SINGLE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-  _atomic_write(out_dir, "config.json",
-                lambda tmp: _write_text(tmp, json.dumps(hf_config, indent=2, sort_keys=True) + "\n"))
+  atomic_write_bytes(os.path.join(out_dir, _SINGLE), safetensors_bytes(tensors, metadata={"format": "pt"}))
+  atomic_write_json(os.path.join(out_dir, "config.json"), hf_config)
   return out_dir
-
-
-def _write_text(path, text):
-  with open(path, "w") as f:
-    f.write(text)
-
-
-def _atomic_write(out_dir, name, write):
-  fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-  os.close(fd)
-  try:
-    write(tmp)
-    os.replace(tmp, os.path.join(out_dir, name))
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise

@@ -1,4 +1,8 @@
-"""Tests for guide_jax.importers: tiny random HF LLaMA / Gemma safetensors checkpoints on disk."""
+"""Tests for guide_jax.importers without torch: config.json files written by real transformers
+(tests/fixtures/hf, 4.57.6 and 5.24.0) next to random safetensors tensors made with numpy.
+
+The logits against transformers' own forward are in tests/test_hf_transformers.py (tests/hf_tier.sh).
+"""
 import json
 import math
 import os
@@ -11,38 +15,42 @@ from safetensors.numpy import save_file
 from guide_jax import importers
 from guide_jax.config import ModelConfig
 
-D, H, L, F, V, N, THETA = 16, 4, 8, 24, 32, 2, 500.0
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "hf")
+VERSIONS = ("v4", "v5")
 
 
-def hf_config(model_type="llama", kv_heads=H, tied=False, **extra):
-  cfg = {"model_type": model_type, "vocab_size": V, "hidden_size": D, "intermediate_size": F,
-         "num_hidden_layers": N, "num_attention_heads": H, "num_key_value_heads": kv_heads,
-         "head_dim": L, "rms_norm_eps": 1e-5, "rope_theta": THETA, "tie_word_embeddings": tied,
-         "hidden_act": "silu" if model_type == "llama" else "gelu"}
-  if model_type == "gemma":
-    cfg["hidden_activation"] = "gelu_pytorch_tanh"
-  cfg.update(extra)
-  return cfg
+def fixture_config(name):
+  """config.json written by transformers (name: 'v4/llama_gqa_theta', ...)."""
+  with open(os.path.join(FIXTURES, name, "config.json")) as f:
+    return json.load(f)
+
+
+def dims(cfg):
+  """(d, h, k, l, f, V, n, tied) of an HF config (transformers' defaults for absent keys)."""
+  gemma = cfg["model_type"] == "gemma"
+  d, h = cfg["hidden_size"], cfg["num_attention_heads"]
+  return (d, h, cfg.get("num_key_value_heads") or h, cfg.get("head_dim") or d // h,
+          cfg["intermediate_size"], cfg["vocab_size"], cfg["num_hidden_layers"],
+          cfg.get("tie_word_embeddings", gemma))
 
 
 def hf_tensors(cfg, seed=0):
   """Random HF-layout tensors ([out, in] Linear weights) for `cfg`."""
   rng = np.random.default_rng(seed)
-  d, h, k, l, f = (cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"],
-                   cfg["head_dim"], cfg["intermediate_size"])
+  d, h, k, l, f, V, n, tied = dims(cfg)
   lin = lambda o, i: (rng.normal(size=(o, i)) / math.sqrt(i)).astype(np.float32)
   norm = lambda: (rng.normal(size=(d,)) * 0.1 + (0.0 if cfg["model_type"] == "gemma" else 1.0)
                   ).astype(np.float32)
   t = {"model.embed_tokens.weight": rng.normal(size=(V, d)).astype(np.float32) * 0.5,
        "model.norm.weight": norm()}
-  for i in range(cfg["num_hidden_layers"]):
+  for i in range(n):
     p = f"model.layers.{i}."
     t.update({p + "input_layernorm.weight": norm(), p + "post_attention_layernorm.weight": norm(),
               p + "self_attn.q_proj.weight": lin(h * l, d), p + "self_attn.k_proj.weight": lin(k * l, d),
               p + "self_attn.v_proj.weight": lin(k * l, d), p + "self_attn.o_proj.weight": lin(d, h * l),
               p + "mlp.gate_proj.weight": lin(f, d), p + "mlp.up_proj.weight": lin(f, d),
               p + "mlp.down_proj.weight": lin(d, f)})
-  if not cfg["tie_word_embeddings"]:
+  if not tied:
     t["lm_head.weight"] = lin(V, d)
   return t
 
@@ -66,8 +74,14 @@ def write_checkpoint(path, cfg, tensors, shards=1):
   return path
 
 
-def checkpoint(tmp_path, name="ckpt", seed=0, shards=1, **cfg_kw):
-  cfg = hf_config(**cfg_kw)
+def checkpoint(tmp_path, fixture="v4/llama_gqa_theta", name="ckpt", seed=0, shards=1, **changes):
+  """A real config.json (with `changes`; None deletes a key) + random tensors -> (path, cfg, tensors)."""
+  cfg = fixture_config(fixture)
+  for key, value in changes.items():
+    if value is None:
+      cfg.pop(key, None)
+    else:
+      cfg[key] = value
   tensors = hf_tensors(cfg, seed)
   return write_checkpoint(str(tmp_path / name), cfg, tensors, shards), cfg, tensors
 
@@ -94,27 +108,26 @@ def flatten(tree, prefix=""):
 # ----------------------------------------------------------------------------- structure/values
 def test_llama_tree_shapes_and_values(tmp_path):
   from guide_jax import model
-  path, cfg, t = checkpoint(tmp_path)
+  path, cfg, t = checkpoint(tmp_path, "v4/llama_mqa_tied_head_dim", tie_word_embeddings=False)
+  d, h, k, l, f, V, n, _ = dims(cfg)
+  assert l != d // h and k == 1
   params, config = importers.import_llama(path)
-  assert isinstance(config, ModelConfig)
-  assert config == ModelConfig(vocab_size=V, d_model=D, n_layers=N, n_heads=H, head_dim=L,
-                               mlp_dim=F, tie_embeddings=False, norm_eps=1e-5, rope_theta=THETA,
+  assert config == ModelConfig(vocab_size=V, d_model=d, n_layers=n, n_heads=h, head_dim=l,
+                               mlp_dim=f, tie_embeddings=False, norm_eps=1e-6, rope_theta=10000.0,
                                mlp_activation="silu")
-  expected = {k: v.shape for k, v in flatten(model.param_shapes(config)).items()}
+  expected = {key: s.shape for key, s in flatten(model.param_shapes(config)).items()}
   got = flatten(params)
-  assert {k: v.shape for k, v in got.items()} == expected
+  assert {key: v.shape for key, v in got.items()} == expected
   assert all(v.dtype == np.float32 for v in got.values())
   dec, lay = params["decoder"], params["decoder"]["layers_1"]
   p = "model.layers.1."
+  kv = lambda name: np.repeat(t[p + name].T.reshape(d, k, l), h // k, axis=1).reshape(d, h * l)
   np.testing.assert_array_equal(dec["token_embedder"]["embedding"], t["model.embed_tokens.weight"])
-  np.testing.assert_allclose(lay["self_attention"]["query"]["kernel"],
-                             t[p + "self_attn.q_proj.weight"].T.reshape(D, H, L) / math.sqrt(L), rtol=1e-6)
-  np.testing.assert_array_equal(lay["self_attention"]["key"]["kernel"],
-                                t[p + "self_attn.k_proj.weight"].T.reshape(D, H, L))
-  np.testing.assert_array_equal(lay["self_attention"]["value"]["kernel"],
-                                t[p + "self_attn.v_proj.weight"].T.reshape(D, H, L))
-  np.testing.assert_array_equal(lay["self_attention"]["out"]["kernel"],
-                                t[p + "self_attn.o_proj.weight"].T.reshape(H, L, D))
+  np.testing.assert_allclose(lay["self_attention"]["query"]["kernel"],  # [d, h*l], 1/sqrt(l) folded in
+                             t[p + "self_attn.q_proj.weight"].T / math.sqrt(l), rtol=1e-6)
+  np.testing.assert_array_equal(lay["self_attention"]["key"]["kernel"], kv("self_attn.k_proj.weight"))
+  np.testing.assert_array_equal(lay["self_attention"]["value"]["kernel"], kv("self_attn.v_proj.weight"))
+  np.testing.assert_array_equal(lay["self_attention"]["out"]["kernel"], t[p + "self_attn.o_proj.weight"].T)
   np.testing.assert_array_equal(lay["mlp"]["wi_0"]["kernel"], t[p + "mlp.gate_proj.weight"].T)
   np.testing.assert_array_equal(lay["mlp"]["wi_1"]["kernel"], t[p + "mlp.up_proj.weight"].T)
   np.testing.assert_array_equal(lay["mlp"]["wo"]["kernel"], t[p + "mlp.down_proj.weight"].T)
@@ -125,104 +138,224 @@ def test_llama_tree_shapes_and_values(tmp_path):
 
 
 def test_gqa_repeats_kv_heads_consecutively(tmp_path):
-  path, _, t = checkpoint(tmp_path, kv_heads=2)
-  params, config = importers.import_llama(path)
-  assert config.n_heads == H
-  key = params["decoder"]["layers_0"]["self_attention"]["key"]["kernel"]
-  src = t["model.layers.0.self_attn.k_proj.weight"].T.reshape(D, 2, L)
-  assert key.shape == (D, H, L)
-  for i in range(H):  # HF repeat_kv: query head i reads kv head i // (H / kv_heads)
-    np.testing.assert_array_equal(key[:, i], src[:, i // 2])
+  path, cfg, t = checkpoint(tmp_path, "v5/llama_gqa_theta")
+  d, h, k, l = dims(cfg)[:4]
+  assert (h, k) == (4, 2)
+  params, _ = importers.import_llama(path)
+  key = params["decoder"]["layers_0"]["self_attention"]["key"]["kernel"].reshape(d, h, l)
+  src = t["model.layers.0.self_attn.k_proj.weight"].T.reshape(d, k, l)
+  for i in range(h):  # HF repeat_kv: query head i reads kv head i // (h / k)
+    np.testing.assert_array_equal(key[:, i], src[:, i // (h // k)])
 
 
 def test_sharded_bf16_checkpoint_and_path_forms(tmp_path):
-  cfg = hf_config()
-  t32 = hf_tensors(cfg)
-  t16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in t32.items()}
+  cfg = fixture_config("v5/llama_gqa_theta")
+  t16 = {key: v.astype(ml_dtypes.bfloat16) for key, v in hf_tensors(cfg).items()}
   sharded = write_checkpoint(str(tmp_path / "sharded"), cfg, t16, shards=3)
   single = write_checkpoint(str(tmp_path / "single"), cfg,
-                            {k: v.astype(np.float32) for k, v in t16.items()})
+                            {key: v.astype(np.float32) for key, v in t16.items()})
   assert len([f for f in os.listdir(sharded) if f.endswith(".safetensors")]) == 3
   ref = flatten(importers.import_llama(single)[0])
   for path in (sharded, os.path.join(sharded, "model.safetensors.index.json")):
     got = flatten(importers.import_llama(path)[0])
     assert got.keys() == ref.keys()
-    for k in ref:
-      np.testing.assert_array_equal(got[k], ref[k])
+    for key in ref:
+      np.testing.assert_array_equal(got[key], ref[key])
   got = flatten(importers.import_llama(os.path.join(single, "model.safetensors"))[0])
-  np.testing.assert_array_equal(got["decoder/layers_0/mlp/wo/kernel"],
-                                ref["decoder/layers_0/mlp/wo/kernel"])
+  np.testing.assert_array_equal(got["decoder/layers_0/mlp/wo/kernel"], ref["decoder/layers_0/mlp/wo/kernel"])
 
 
 def test_tied_llama_rescale_and_untie(tmp_path):
-  path, _, t = checkpoint(tmp_path, tied=True)
+  path, cfg, t = checkpoint(tmp_path, "v5/llama_mqa_tied_head_dim")
+  d, eps = cfg["hidden_size"], cfg["rms_norm_eps"]
   e = t["model.embed_tokens.weight"]
   params, config = importers.import_llama(path)
   assert config.tie_embeddings and "logits_dense" not in params["decoder"]
-  assert config.norm_eps == pytest.approx(1e-5 * D)
-  np.testing.assert_allclose(params["decoder"]["token_embedder"]["embedding"], e * math.sqrt(D), rtol=1e-6)
+  assert config.norm_eps == pytest.approx(eps * d)
+  np.testing.assert_allclose(params["decoder"]["token_embedder"]["embedding"], e * math.sqrt(d), rtol=1e-6)
   np.testing.assert_allclose(params["decoder"]["layers_0"]["mlp"]["wo"]["kernel"],
-                             t["model.layers.0.mlp.down_proj.weight"].T * math.sqrt(D), rtol=1e-6)
+                             t["model.layers.0.mlp.down_proj.weight"].T * math.sqrt(d), rtol=1e-6)
   params, config = importers.import_llama(path, tied_mode="untie")
-  assert not config.tie_embeddings and config.norm_eps == 1e-5
+  assert not config.tie_embeddings and config.norm_eps == eps
   np.testing.assert_array_equal(params["decoder"]["token_embedder"]["embedding"], e)
   np.testing.assert_array_equal(params["decoder"]["logits_dense"]["kernel"], e.T)
 
 
 def test_gemma_conventions(tmp_path):
-  path, _, t = checkpoint(tmp_path, model_type="gemma", tied=True, kv_heads=1)
+  path, cfg, t = checkpoint(tmp_path, "v5/gemma_hub_act")
+  d = cfg["hidden_size"]
   params, config = importers.import_gemma(path)
-  assert config.mlp_activation == "gelu" and config.tie_embeddings and config.norm_eps == 1e-5
+  assert config.mlp_activation == "gelu" and config.tie_embeddings and config.norm_eps == 1e-6
   dec = params["decoder"]
   np.testing.assert_allclose(dec["token_embedder"]["embedding"],
-                             t["model.embed_tokens.weight"] * math.sqrt(D), rtol=1e-6)
+                             t["model.embed_tokens.weight"] * math.sqrt(d), rtol=1e-6)
   np.testing.assert_allclose(dec["decoder_norm"]["scale"], 1.0 + t["model.norm.weight"])
   np.testing.assert_allclose(dec["layers_0"]["pre_mlp_layer_norm"]["scale"],
                              1.0 + t["model.layers.0.post_attention_layernorm.weight"])
-  assert dec["layers_0"]["self_attention"]["value"]["kernel"].shape == (D, H, L)
+  assert dec["layers_0"]["self_attention"]["value"]["kernel"].shape == (d, 4 * 8)
   _, config2 = importers.import_hf(path)
   assert config2 == config
 
 
-def test_tie_word_embeddings_defaults_follow_transformers(tmp_path):
-  cfg = hf_config(tied=False)
-  del cfg["tie_word_embeddings"]  # LlamaConfig default: untied
-  path = write_checkpoint(str(tmp_path / "llama"), cfg, hf_tensors(hf_config(tied=False)))
-  assert not importers.import_llama(path)[1].tie_embeddings
-  cfg = hf_config(model_type="gemma", tied=True)
-  del cfg["tie_word_embeddings"]  # GemmaConfig default: tied
-  path = write_checkpoint(str(tmp_path / "gemma"), cfg, hf_tensors(hf_config(model_type="gemma", tied=True)))
-  assert importers.import_gemma(path)[1].tie_embeddings
+def test_absent_keys_take_transformers_defaults(tmp_path):
+  # transformers 4.57 leaves tie_word_embeddings out of a Gemma config (it equals the default).
+  assert "tie_word_embeddings" not in fixture_config("v4/gemma_hub_act")
+  path, _, _ = checkpoint(tmp_path, "v4/gemma_hub_act", name="gemma")
+  assert importers.import_gemma(path)[1].tie_embeddings  # GemmaConfig default: tied
+  path, _, _ = checkpoint(tmp_path, "v4/llama_gqa_theta", name="llama", tie_word_embeddings=None,
+                          num_key_value_heads=None, head_dim=None)
+  config = importers.import_llama(path)[1]  # LlamaConfig: untied, k = h, l = d / h
+  assert not config.tie_embeddings and config.head_dim == 8
+  path, _, _ = checkpoint(tmp_path, "v5/llama_gqa_theta", name="no_rope", rope_parameters=None)
+  assert importers.import_llama(path)[1].rope_theta == 10000.0
+
+
+# ----------------------------------------------------------------------------- config reading
+# fixture name -> ModelConfig fields import_hf must read from it, in both config formats.
+EXPECTED = {
+    # defect 1: a 5.x theta lives in rope_parameters (the old reader silently took 10000).
+    "llama_gqa_theta": dict(rope_theta=500000.0, norm_eps=1e-5),
+    # defect 2: 5.x llama3 scaling was accepted and ignored.
+    "llama_llama3_scaling": dict(rope_theta=500000.0, rope_scaling="llama3", rope_scaling_factor=8.0,
+                                 rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+                                 rope_original_max_positions=32),
+    "llama_linear_scaling": dict(rope_scaling="linear", rope_scaling_factor=4.0),
+    "llama_linear_scaling_type_key": dict(rope_scaling="linear", rope_scaling_factor=4.0),
+    "llama_gelu": dict(mlp_activation="gelu_exact"),  # ACT2FN['gelu'] is the exact erf gelu
+    # defect 3: GemmaMLP uses ACT2FN[hidden_act]; hidden_activation is ignored.
+    "gemma_silu": dict(mlp_activation="silu"),
+    "gemma_hub_act": dict(mlp_activation="gelu"),  # hidden_act 'gelu' in a Gemma config: tanh (5.x)
+}
+CASES = [f"{v}/{name}" for v in VERSIONS for name in EXPECTED
+         if os.path.isdir(os.path.join(FIXTURES, v, name))]
+
+
+@pytest.mark.parametrize("fixture", CASES)
+def test_config_fields_follow_transformers(tmp_path, fixture):
+  path, _, _ = checkpoint(tmp_path, fixture)
+  _, config = importers.import_hf(path, **({} if "gemma" in fixture else {"tied_mode": "untie"}))
+  fields = {key: getattr(config, key) for key in EXPECTED[fixture.split("/")[1]]}
+  assert fields == EXPECTED[fixture.split("/")[1]]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_llama3_original_positions_precedence(tmp_path, version):
+  """transformers: a top-level original_max_position_embeddings, else the rope parameters', else
+  max_position_embeddings."""
+  cfg = fixture_config(f"{version}/llama_llama3_scaling")
+  key = "rope_parameters" if version == "v5" else "rope_scaling"
+  params = dict(cfg[key])
+  del params["original_max_position_embeddings"]
+  path, _, _ = checkpoint(tmp_path, f"{version}/llama_llama3_scaling", name="a", **{key: params},
+                          max_position_embeddings=64)
+  assert importers.import_llama(path)[1].rope_original_max_positions == 64
+  path, _, _ = checkpoint(tmp_path, f"{version}/llama_llama3_scaling", name="b",
+                          original_max_position_embeddings=16)
+  assert importers.import_llama(path)[1].rope_original_max_positions == 16
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_unknown_rope_type_refused(tmp_path, version):
+  path, _, _ = checkpoint(tmp_path, f"{version}/llama_dynamic_scaling")
+  _expect(r"unsupported config.json: rope_type='dynamic' \(supported: default, linear, llama3\)",
+          importers.import_hf, path)
+
+
+def test_unsupported_settings_in_one_error_before_tensors(tmp_path):
+  """Every unsupported setting is named in one ValueError, raised before any tensor is checked."""
+  yarn = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+          "original_max_position_embeddings": 32}
+  path, _, _ = checkpoint(tmp_path, "v5/llama_gqa_theta", attention_bias=True, mlp_bias=True,
+                          rope_parameters=yarn, hidden_act="gelu_python", num_hidden_layers=7)
+  with pytest.raises(ValueError) as err:
+    importers.import_llama(path)
+  msg = str(err.value)
+  assert msg.startswith("unsupported config.json: ") and "missing tensor" not in msg
+  for part in ("attention_bias=true", "mlp_bias=true", "rope_type='yarn'", "hidden_act='gelu_python'"):
+    assert part in msg
+  path, _, _ = checkpoint(tmp_path, "v5/gemma_hub_act", name="g", use_bidirectional_attention=True,
+                          rope_parameters={"rope_type": "default", "partial_rotary_factor": 0.5})
+  _expect("use_bidirectional_attention=true.*partial_rotary_factor=0.5", importers.import_gemma, path)
+  path, _, _ = checkpoint(tmp_path, "v5/llama_llama3_scaling", name="l3",
+                          rope_parameters={"rope_type": "llama3", "factor": 8.0})
+  _expect("rope_type='llama3' without low_freq_factor, high_freq_factor", importers.import_llama, path)
+  bad = dict(fixture_config("v5/llama_llama3_scaling")["rope_parameters"], low_freq_factor=4.0)
+  path, _, _ = checkpoint(tmp_path, "v5/llama_llama3_scaling", name="lowhigh", rope_parameters=bad)
+  _expect("unsupported config.json: ModelConfig.rope_low_freq_factor must be <", importers.import_llama, path)
+
+
+# ----------------------------------------------------------------------------- RoPE frequencies
+def _config(**kw):
+  base = dict(vocab_size=8, d_model=16, n_layers=1, n_heads=1, head_dim=16, mlp_dim=8)
+  return ModelConfig(**{**base, **kw})
+
+
+def test_rope_frequencies():
+  from guide_jax.model import rope_frequencies
+  base = 10000.0 ** -(np.arange(0, 16, 2) / 16)
+  np.testing.assert_allclose(rope_frequencies(_config()), base, rtol=1e-7)
+  np.testing.assert_allclose(rope_frequencies(_config(rope_scaling="linear", rope_scaling_factor=4.0)),
+                             base / 4, rtol=1e-7)
+  got = rope_frequencies(_config(rope_scaling="llama3", rope_scaling_factor=8.0,
+                                 rope_original_max_positions=32))
+  wavelength = 2 * math.pi / base
+  high, low = wavelength < 32 / 4, wavelength > 32 / 1  # kept; divided by the factor
+  medium = ~high & ~low
+  assert high.any() and low.any() and medium.any()  # all three regimes at head_dim 16
+  np.testing.assert_allclose(got[high], base[high], rtol=1e-7)
+  np.testing.assert_allclose(got[low], base[low] / 8, rtol=1e-7)
+  assert np.all(got[medium] < base[medium]) and np.all(got[medium] > base[medium] / 8)
+
+
+def test_rope_scaling_config_validation():
+  with pytest.raises(ValueError, match="rope_scaling must be one of"):
+    _config(rope_scaling="yarn")
+  with pytest.raises(ValueError, match="rope_scaling_factor=8.0 is not used by rope_scaling='none'"):
+    _config(rope_scaling_factor=8.0)
+  with pytest.raises(ValueError, match="rope_original_max_positions=32 is not used by rope_scaling='linear'"):
+    _config(rope_scaling="linear", rope_original_max_positions=32)
+  with pytest.raises(ValueError, match="rope_scaling_factor must be a number > 0"):
+    _config(rope_scaling="linear", rope_scaling_factor=0.0)
+  with pytest.raises(ValueError, match="needs position_embedding='rope'"):
+    _config(rope_scaling="linear", rope_scaling_factor=2.0, position_embedding="relpos")
+  with pytest.raises(ValueError, match="rope_original_max_positions must be a positive int"):
+    _config(rope_scaling="llama3", rope_original_max_positions=0)
 
 
 # ----------------------------------------------------------------------------- round trips
-@pytest.mark.parametrize("tied", [False, True])
-def test_export_import_round_trip(tmp_path, tied):
-  config = ModelConfig(vocab_size=V, d_model=D, n_layers=N, n_heads=H, head_dim=L, mlp_dim=F,
-                       tie_embeddings=tied, norm_eps=1e-6, rope_theta=THETA, mlp_activation="silu")
+@pytest.mark.parametrize("tied,extra", [
+    (False, {}),
+    (True, dict(mlp_activation="gelu_exact")),
+    (False, dict(rope_scaling="llama3", rope_scaling_factor=8.0, rope_original_max_positions=64)),
+    (True, dict(rope_scaling="linear", rope_scaling_factor=2.0, mlp_activation="gelu")),
+])
+def test_export_import_round_trip(tmp_path, tied, extra):
+  config = ModelConfig(vocab_size=32, d_model=16, n_layers=2, n_heads=4, head_dim=8, mlp_dim=24,
+                       tie_embeddings=tied, norm_eps=1e-6, rope_theta=500.0,
+                       **{"mlp_activation": "silu", **extra})
   params = random_params(config)
   out = importers.export_llama(params, config, str(tmp_path / "out"))
   assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]  # no temp files left
   hf = json.load(open(os.path.join(out, "config.json")))
-  assert hf["tie_word_embeddings"] == tied and hf["num_key_value_heads"] == H
+  assert hf["tie_word_embeddings"] == tied and hf["num_key_value_heads"] == 4
   params2, config2 = importers.import_llama(out)
   assert config2.replace(norm_eps=1e-6) == config and config2.norm_eps == pytest.approx(1e-6)
   a, b = flatten(params), flatten(params2)
   assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-7, err_msg=k)
+  for key in a:
+    np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
 
 def test_import_export_import_gqa(tmp_path):
-  path, _, _ = checkpoint(tmp_path, kv_heads=2)
+  path, _, _ = checkpoint(tmp_path, "v5/llama_llama3_scaling")
   params, config = importers.import_llama(path)
   out = importers.export_llama(params, config, str(tmp_path / "out"))
-  importers.export_llama(params, config, out)  # overwriting is fine
+  importers.export_llama(params, dict(vars(config)), out)  # overwriting is fine; a dict of fields too
   params2, config2 = importers.import_llama(out)
   assert config2 == config
   a, b = flatten(params), flatten(params2)
-  for k in a:
-    np.testing.assert_allclose(b[k], a[k], rtol=1e-6, err_msg=k)
+  for key in a:
+    np.testing.assert_allclose(b[key], a[key], rtol=1e-6, err_msg=key)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -237,15 +370,15 @@ def test_errors(tmp_path):
   empty.mkdir()
   _expect("no model.safetensors", importers.import_llama, str(empty))
 
-  cfg = hf_config()
+  cfg = fixture_config("v4/llama_gqa_theta")
   t = hf_tensors(cfg)
   no_cfg = tmp_path / "no_cfg"
   no_cfg.mkdir()
   save_file(t, str(no_cfg / "model.safetensors"))
   _expect("missing config.json", importers.import_llama, str(no_cfg))
 
-  def ckpt(name, cfg=cfg, tensors=t, shards=1):
-    return write_checkpoint(str(tmp_path / name), cfg, tensors, shards)
+  def ckpt(name, tensors=t, shards=1, **changes):
+    return write_checkpoint(str(tmp_path / name), {**cfg, **changes}, tensors, shards)
 
   missing = dict(t)
   del missing["model.layers.1.mlp.up_proj.weight"]
@@ -254,21 +387,15 @@ def test_errors(tmp_path):
   _expect(r"missing tensor lm_head\.weight", importers.import_llama,
           ckpt("no_head", tensors={k: v for k, v in t.items() if k != "lm_head.weight"}))
   _expect(r"unexpected tensor model\.layers\.0\.self_attn\.q_proj\.bias", importers.import_llama,
-          ckpt("bias", tensors={**t, "model.layers.0.self_attn.q_proj.bias": np.zeros(H * L, np.float32)}))
-  _expect(r"q_proj\.weight has shape", importers.import_llama,
-          ckpt("shape", cfg=hf_config(head_dim=4)))
-  _expect("unsupported model_type 'mistral'", importers.import_llama,
-          ckpt("mistral", cfg=hf_config(model_type="mistral")))
-  _expect("unsupported model_type 'gemma2'", importers.import_gemma,
-          ckpt("gemma2", cfg=hf_config(model_type="gemma2")))
+          ckpt("bias", tensors={**t, "model.layers.0.self_attn.q_proj.bias": np.zeros(32, np.float32)}))
+  _expect(r"q_proj\.weight has shape", importers.import_llama, ckpt("shape", head_dim=4))
+  _expect("unsupported model_type 'mistral'", importers.import_llama, ckpt("mistral", model_type="mistral"))
+  _expect("unsupported model_type 'gemma2'", importers.import_gemma, ckpt("gemma2", model_type="gemma2"))
   _expect("unsupported model_type 'gemma2'", importers.import_hf, str(tmp_path / "gemma2"))
   _expect("expected 'gemma'", importers.import_gemma, ckpt("llama_as_gemma"))
-  _expect("rope_scaling", importers.import_llama,
-          ckpt("rope", cfg=hf_config(rope_scaling={"rope_type": "llama3", "factor": 8.0})))
-  _expect("hidden_act='gelu'", importers.import_llama, ckpt("act", cfg=hf_config(hidden_act="gelu")))
-  _expect("config.json is missing hidden_size", importers.import_llama,
-          ckpt("cfg", cfg={k: v for k, v in cfg.items() if k != "hidden_size"}))
-  _expect("not a multiple", importers.import_llama, ckpt("gqa", cfg=hf_config(kv_heads=3)))
+  _expect("hidden_act='tanh'", importers.import_llama, ckpt("act", hidden_act="tanh"))
+  _expect("config.json is missing hidden_size", importers.import_llama, ckpt("cfg", hidden_size=None))
+  _expect("not a multiple", importers.import_llama, ckpt("gqa", num_key_value_heads=3))
   _expect("tied_mode", importers.import_llama, ckpt("ok"), tied_mode="bogus")
   sharded = ckpt("sharded", shards=2)
   os.remove(os.path.join(sharded, "model-00002-of-00002.safetensors"))
@@ -282,92 +409,6 @@ def test_export_errors(tmp_path):
   _expect("relpos", importers.export_llama, params, config.replace(position_embedding="relpos"), out)
   broken = {"decoder": {k: v for k, v in params["decoder"].items() if k != "layers_1"}}
   _expect("missing decoder/layers_1/", importers.export_llama, broken, config, out)
-  _expect("has shape", importers.export_llama, params, config.replace(mlp_dim=F + 1), out)
+  _expect("has shape", importers.export_llama, params, config.replace(mlp_dim=config.mlp_dim + 1), out)
+  _expect("not a ModelConfig's fields", importers.export_llama, params, {**vars(config), "bogus": 1}, out)
   assert not os.path.exists(os.path.join(out, "model.safetensors"))
-
-
-# ----------------------------------------------------------------------------- numerics
-def hf_forward(t, cfg, tokens):
-  """Pure-numpy (float64) HF LLaMA / Gemma forward from HF-layout tensors: [T] -> logits [T, V]."""
-  gemma = cfg["model_type"] == "gemma"
-  d, h, k, l = (cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"],
-                cfg["head_dim"])
-  eps, T = cfg["rms_norm_eps"], len(tokens)
-  w = lambda name: t[name].astype(np.float64)
-
-  def norm(x, name):
-    scale = 1.0 + w(name) if gemma else w(name)
-    return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * scale
-
-  def rope(x):  # [T, heads, l], HF rotate_half
-    inv_freq = 1.0 / cfg["rope_theta"] ** (np.arange(0, l, 2) / l)
-    ang = np.arange(T)[:, None] * inv_freq[None]
-    emb = np.concatenate([ang, ang], -1)[:, None, :]
-    rot = np.concatenate([-x[..., l // 2:], x[..., :l // 2]], -1)
-    return x * np.cos(emb) + rot * np.sin(emb)
-
-  if (cfg.get("hidden_activation") if gemma else cfg["hidden_act"]) == "gelu_pytorch_tanh":
-    act = lambda x: 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
-  else:
-    act = lambda x: x / (1 + np.exp(-x))
-  x = w("model.embed_tokens.weight")[tokens] * (math.sqrt(d) if gemma else 1.0)
-  causal = np.tril(np.ones((T, T), bool))
-  for i in range(cfg["num_hidden_layers"]):
-    p = f"model.layers.{i}."
-    y = norm(x, p + "input_layernorm.weight")
-    q = rope((y @ w(p + "self_attn.q_proj.weight").T).reshape(T, h, l))
-    kk = rope((y @ w(p + "self_attn.k_proj.weight").T).reshape(T, k, l))
-    v = (y @ w(p + "self_attn.v_proj.weight").T).reshape(T, k, l)
-    kk, v = np.repeat(kk, h // k, axis=1), np.repeat(v, h // k, axis=1)
-    s = np.einsum("qhl,khl->hqk", q, kk) / math.sqrt(l)
-    s = np.where(causal[None], s, -np.inf)
-    a = np.exp(s - s.max(-1, keepdims=True))
-    a /= a.sum(-1, keepdims=True)
-    o = np.einsum("hqk,khl->qhl", a, v).reshape(T, h * l)
-    x = x + o @ w(p + "self_attn.o_proj.weight").T
-    y = norm(x, p + "post_attention_layernorm.weight")
-    x = x + (act(y @ w(p + "mlp.gate_proj.weight").T) * (y @ w(p + "mlp.up_proj.weight").T)) @ w(
-        p + "mlp.down_proj.weight").T
-  y = norm(x, "model.norm.weight")
-  head = "model.embed_tokens.weight" if cfg["tie_word_embeddings"] else "lm_head.weight"
-  return y @ w(head).T
-
-
-TOKENS = np.array([3, 17, 0, 31, 8, 8, 22, 5, 1, 30], np.int32)
-
-
-@pytest.mark.parametrize("kind,kw", [
-    ("llama", dict(kv_heads=2)),
-    ("llama", dict(tied=True)),
-    ("llama", dict(tied=True, tied_mode="untie")),
-    ("gemma", dict(model_type="gemma", tied=True, kv_heads=1)),
-])
-def test_logits_match_numpy_hf_forward(tmp_path, kind, kw):
-  from guide_jax import model
-  kw = dict(kw)
-  tied_mode = kw.pop("tied_mode", "rescale")
-  path, cfg, t = checkpoint(tmp_path, **kw)
-  if kind == "llama":
-    params, config = importers.import_llama(path, tied_mode=tied_mode)
-  else:
-    params, config = importers.import_gemma(path)
-  want = hf_forward(t, cfg, TOKENS)
-  got = np.asarray(model.apply(config, params, TOKENS[None]))[0]
-  assert np.abs(want).max() > 0.5  # the check is not vacuous
-  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
-
-
-def test_exported_checkpoint_matches_our_forward(tmp_path):
-  """export_llama of a tied model (inverse rescale) gives an HF checkpoint with our logits."""
-  from guide_jax import model
-  config = ModelConfig(vocab_size=V, d_model=D, n_layers=N, n_heads=H, head_dim=L, mlp_dim=F,
-                       tie_embeddings=True, norm_eps=1e-6, rope_theta=THETA, mlp_activation="gelu")
-  params = random_params(config, seed=1)
-  out = importers.export_llama(params, config, str(tmp_path / "out"))
-  from safetensors.numpy import load_file
-  t = load_file(os.path.join(out, "model.safetensors"))
-  cfg = json.load(open(os.path.join(out, "config.json")))
-  assert cfg["hidden_act"] == "gelu_pytorch_tanh" and cfg["tie_word_embeddings"]
-  want = hf_forward(t, cfg, TOKENS)
-  got = np.asarray(model.apply(config, params, TOKENS[None]))[0]
-  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
