@@ -110,7 +110,8 @@ def resume_step(model_dir: str, restore_step: Optional[int]) -> Optional[int]:
 def check_resume(model_dir: str, step: int, model: ModelConfig, run_meta: dict, allow_changed: bool) -> None:
   """Refuse to resume a checkpoint written by another model, or (unless allowed) other settings."""
   meta = checkpoints.read_meta(model_dir, step)
-  saved_model = meta.get("model_config", {})
+  defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+  saved_model = {**defaults, **meta.get("model_config", {})}  # fields added since: their defaults
   mine = dataclasses.asdict(model)
   diff = [f"{k}: checkpoint {saved_model.get(k)!r} != this run {mine[k]!r}" for k in mine
           if saved_model.get(k) != mine[k] and k in ModelConfig.__dataclass_fields__]

@@ -48,9 +48,9 @@ def check_tree(params, config: ModelConfig, name: str = "params") -> None:
            for k in sorted(expected) if tuple(np.shape(got[k])) != expected[k].shape]
   if wrong:
     raise ValueError(f"{name} has wrong shapes for its config: " + "; ".join(wrong[:5]))
-  not_float = [f"{k} has dtype {np.dtype(getattr(got[k], 'dtype', np.asarray(got[k]).dtype))}"
-               for k in sorted(expected)
-               if not jnp.issubdtype(getattr(got[k], "dtype", np.asarray(got[k]).dtype), jnp.floating)]
+  dtype = lambda x: x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype  # never fetch global arrays
+  not_float = [f"{k} has dtype {np.dtype(dtype(got[k]))}" for k in sorted(expected)
+               if not jnp.issubdtype(dtype(got[k]), jnp.floating)]
   if not_float:
     raise ValueError(f"{name} must hold float parameters (GUIDE maps real-valued weights): "
                      + "; ".join(not_float[:3]))

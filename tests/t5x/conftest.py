@@ -2,12 +2,13 @@
 
 t5x's PjitPartitioner puts all CPU devices on its 'model' axis, so the tier runs on 2 virtual CPU
 devices (the smallest student has 2 heads) instead of the main suite's 8, set here before jax is
-imported (tests/conftest.py only sets a default).
+imported (tests/conftest.py only sets a default) -- only inside the tier (GUIDE_JAX_T5X_TIER=1): in
+the main suite these tests skip, and its other tests need their 8 devices.
 """
 import importlib.util
 import os
 
-if "jax" not in __import__("sys").modules:
+if "jax" not in __import__("sys").modules and os.environ.get("GUIDE_JAX_T5X_TIER") == "1":
   os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "").replace(
       "--xla_force_host_platform_device_count=8", "--xla_force_host_platform_device_count=2")
 
