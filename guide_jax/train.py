@@ -180,12 +180,6 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
       raise ValueError(f"init_params_dir {checkpoint.init_params_dir} holds a {init_config} checkpoint, "
                        f"not this run's {model}")
 
-  # ----------------------------------------------------------------------------- teacher
-  # Loaded only when this run will use it: KD, or a fresh GUIDE start (decided identically everywhere).
-  teacher_params, teacher_config = None, None
-  if teacher.kd_alpha > 0 or (init in TEACHER_INITS and start is None):
-    teacher_params, teacher_config = load_teacher(teacher, model, init, mesh)
-
   # ----------------------------------------------------------------------------- data
   from guide_jax.data import batches as batches_lib, prepared  # numpy + sentencepiece only
   data_dir = data.data_dir or prepared.ensure_prepared(data.corpus, data.cache_dir, data.vocab_size)
@@ -200,6 +194,12 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   feed = sharding.data_slice(mesh)  # which rows of each global batch this process feeds
   eval_batches = lambda: itertools.islice(batches_lib.eval_batches(
       tokens.validation, data.seq_len, data.batch_size, *feed), data.eval_max_batches)
+
+  # ----------------------------------------------------------------------------- teacher
+  # Loaded only when this run will use it: KD, or a fresh GUIDE start (decided identically everywhere).
+  teacher_params, teacher_config = None, None
+  if teacher.kd_alpha > 0 or (init in TEACHER_INITS and start is None):
+    teacher_params, teacher_config = load_teacher(teacher, model, init, mesh)
 
   # ----------------------------------------------------------------------------- state
   os.makedirs(model_dir, exist_ok=True)  # all checks passed: now we may write
