@@ -17,7 +17,7 @@ kernel's init.
 """
 import functools
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax

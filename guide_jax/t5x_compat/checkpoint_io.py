@@ -12,7 +12,6 @@ forward pass, so everything written here is checked against the model config fir
 """
 import os
 import re
-from typing import Optional
 
 import jax
 import numpy as np

@@ -17,12 +17,11 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax.core import unfreeze
 from jax.sharding import Mesh
 
 from guide_jax import model, sharding
-from guide_jax.config import BLOCKS, OTHER_BLOCKS, GuideConfig, ModelConfig  # noqa: F401 (re-exports)
+from guide_jax.config import GuideConfig, ModelConfig
 from guide_jax.transforms import validate
 from guide_jax.transforms.pca import HIGHEST, pca_table
 from guide_jax.transforms.select import select_heads, select_layers, uniform_select
