@@ -17,7 +17,6 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-from flax.core import unfreeze
 from jax.sharding import Mesh
 
 from guide_jax import model, sharding
@@ -148,13 +147,6 @@ def _guide(teacher_params, teacher_config: ModelConfig, student_config: ModelCon
   return params, pca.explained_variance_ratio, m
 
 
-def _pick(tree, shapes):
-  """The subtree of `tree` with exactly the keys of `shapes` (drops t5x extras; FrozenDict -> dict)."""
-  if isinstance(shapes, dict):
-    return {k: _pick(tree[k], v) for k, v in shapes.items()}
-  return tree
-
-
 def _program(teacher_config: ModelConfig, student_config: ModelConfig, guide: GuideConfig,
              mesh: Optional[Mesh]):
   """(jitted teacher -> (params, ratio, M), teacher shardings or None, teacher_layers)."""
@@ -174,9 +166,6 @@ def _check(teacher_config: ModelConfig, student_config: ModelConfig, guide: Guid
   if not isinstance(guide, GuideConfig):
     raise ValueError(f"guide must be a GuideConfig, got {type(guide).__name__}")
   validate.check_dimensions(teacher_config, student_config)
-  if student_config.position_embedding == "relpos" and teacher_config.relpos_buckets != student_config.relpos_buckets:
-    raise ValueError(f"relpos_buckets: student {student_config.relpos_buckets} != teacher "
-                     f"{teacher_config.relpos_buckets}")
   select_layers(teacher_config.n_layers, student_config.n_layers, guide.layer_selection)
 
 
@@ -195,7 +184,7 @@ def guide_init(teacher_params, teacher_config: ModelConfig, student_config: Mode
   _check(teacher_config, student_config, guide)
   validate.check_tree(teacher_params, teacher_config, "teacher params")
   validate.check_finite(teacher_params, "teacher params")
-  teacher = _pick(unfreeze(teacher_params), model.param_shapes(teacher_config))
+  teacher = validate.restrict(teacher_params, teacher_config)
   program, t_sh, teacher_layers = _program(teacher_config, student_config, guide, mesh)
   if t_sh is not None:
     teacher = jax.device_put(teacher, t_sh)

@@ -33,13 +33,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.core import unfreeze
 from jax.sharding import Mesh
 
 from guide_jax import model, sharding
 from guide_jax.config import LAYER_SELECTIONS, ModelConfig
 from guide_jax.transforms import validate
-from guide_jax.transforms.guide import _pick
 from guide_jax.transforms.select import select_layers, uniform_indices
 from guide_jax.transforms.weight_selection import check_student, student_logits_kernel
 
@@ -147,7 +145,7 @@ def importance(teacher_params, teacher_config: ModelConfig, calibration_tokens, 
                      f"({mesh.shape['data']})")
   validate.check_tree(teacher_params, teacher_config, "teacher params")
   validate.check_finite(teacher_params, "teacher params")
-  teacher = _pick(unfreeze(teacher_params), model.param_shapes(teacher_config))
+  teacher = validate.restrict(teacher_params, teacher_config)
   config = teacher_config.replace(dtype="float32", remat="none", attention_impl="xla")
   body = functools.partial(_importance, config=config, aggregation=aggregation)
   if mesh is None:
@@ -268,7 +266,7 @@ def prune_init(teacher_params, teacher_config: ModelConfig, student_config: Mode
   idx = prune_indices(importance, teacher_config, student_config, depth=depth, order=order)
   validate.check_tree(teacher_params, teacher_config, "teacher params")
   validate.check_finite(teacher_params, "teacher params")
-  teacher = _pick(unfreeze(teacher_params), model.param_shapes(teacher_config))
+  teacher = validate.restrict(teacher_params, teacher_config)
   body = functools.partial(_prune, teacher_config=teacher_config, student_config=student_config,
                            teacher_layers=tuple(int(j) for j in idx.layers), head_dims=idx.head_dims)
   kept = {"heads": idx.heads, "neurons": idx.neurons, "channels": idx.channels}

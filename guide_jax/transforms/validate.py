@@ -23,6 +23,9 @@ def check_dimensions(teacher: ModelConfig, student: ModelConfig) -> None:
   for name in ("position_embedding", "mlp_activation"):
     if getattr(student, name) != getattr(teacher, name):
       problems.append(f"{name}: student {getattr(student, name)!r} != teacher {getattr(teacher, name)!r}")
+  if student.position_embedding == "relpos" and student.relpos_buckets != teacher.relpos_buckets:
+    problems.append(f"relpos_buckets: student {student.relpos_buckets} != teacher {teacher.relpos_buckets} "
+                    "(the bias table [h, buckets] is selected on heads only)")
   if problems:
     raise ValueError("GUIDE needs a student no larger than its teacher: " + "; ".join(problems))
 
@@ -30,6 +33,13 @@ def check_dimensions(teacher: ModelConfig, student: ModelConfig) -> None:
 def flatten(params) -> dict:
   """Nested dict (or FrozenDict) of arrays -> {'a/b/c': array}."""
   return traverse_util.flatten_dict(unfreeze(params), sep="/")
+
+
+def restrict(params, config: ModelConfig) -> dict:
+  """`params` with exactly the keys of config's model tree, as plain dicts (drops t5x extras)."""
+  def pick(tree, shapes):
+    return {k: pick(tree[k], v) for k, v in shapes.items()} if isinstance(shapes, dict) else tree
+  return pick(unfreeze(params), model.param_shapes(config))
 
 
 def check_tree(params, config: ModelConfig, name: str = "params") -> None:

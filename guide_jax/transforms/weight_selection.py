@@ -23,13 +23,12 @@ from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-from flax.core import unfreeze
 from jax.sharding import Mesh
 
 from guide_jax import model, sharding
 from guide_jax.config import ModelConfig
 from guide_jax.transforms import validate
-from guide_jax.transforms.guide import _pick, select_block
+from guide_jax.transforms.guide import select_block
 from guide_jax.transforms.select import select_layers, uniform_select
 
 
@@ -39,11 +38,7 @@ def check_student(teacher_config: ModelConfig, student_config: ModelConfig) -> N
   if not isinstance(teacher_config, ModelConfig) or not isinstance(student_config, ModelConfig):
     raise ValueError(f"teacher_config and student_config must be ModelConfigs, got "
                      f"{type(teacher_config).__name__} and {type(student_config).__name__}")
-  validate.check_dimensions(teacher_config, student_config)
-  if (student_config.position_embedding == "relpos"
-      and teacher_config.relpos_buckets != student_config.relpos_buckets):
-    raise ValueError(f"relpos_buckets: student {student_config.relpos_buckets} != teacher "
-                     f"{teacher_config.relpos_buckets}")
+  validate.check_dimensions(teacher_config, student_config)  # includes the relpos bucket count
 
 
 def student_logits_kernel(teacher_decoder, teacher_config: ModelConfig, student_embedding, select_rows):
@@ -113,7 +108,7 @@ def weight_selection_init(teacher_params, teacher_config: ModelConfig, student_c
   select_layers(teacher_config.n_layers, student_config.n_layers, layer_selection)
   validate.check_tree(teacher_params, teacher_config, "teacher params")
   validate.check_finite(teacher_params, "teacher params")
-  teacher = _pick(unfreeze(teacher_params), model.param_shapes(teacher_config))
+  teacher = validate.restrict(teacher_params, teacher_config)
   program, t_sh = _program(teacher_config, student_config, layer_selection, mesh)
   if t_sh is not None:
     teacher = jax.device_put(teacher, t_sh)
