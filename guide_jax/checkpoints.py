@@ -9,13 +9,17 @@ every array, verified on restore: a bit flipped on disk is an error naming the a
 import dataclasses
 import errno
 import os
+import time
 from typing import Optional
+
+from absl import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from guide_jax import fileio
 from guide_jax.config import ModelConfig
 
 
@@ -24,7 +28,40 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_dir(model_dir: str) -> str:
-  return os.path.join(os.path.abspath(model_dir), "checkpoints")
+  return fileio.join(fileio.absolute(model_dir), "checkpoints")
+
+
+def _is_complete_step(step_dir: str) -> bool:
+  """A step directory orbax finished: its metadata file and our meta item (on an object store,
+  where nothing is renamed, also orbax's commit_success.txt)."""
+  names = set(fileio.listdir(step_dir))
+  need = {"_CHECKPOINT_METADATA", "meta"} | ({"commit_success.txt"} if fileio.is_remote(step_dir) else set())
+  return need <= names
+
+
+def skip_incomplete_steps(model_dir: str) -> list:
+  """Moves step directories that are not complete checkpoints (empty, an interrupted copy, another
+  tool's) out of orbax's sight, with a warning naming each; returns their names.
+
+  Locally they go to <model_dir>/checkpoints-skipped/ (nothing is deleted). On an object store,
+  orbax already ignores a step without commit_success.txt; they are named and left in place.
+  """
+  directory = checkpoint_dir(model_dir)
+  skipped = []
+  for name in fileio.listdir(directory):
+    step_dir = fileio.join(directory, name)
+    if not name.isdigit() or not fileio.isdir(step_dir) or _is_complete_step(step_dir):
+      continue
+    skipped.append(name)
+    if fileio.is_remote(directory):
+      logging.warning("skipping %s: not a complete checkpoint (no commit_success.txt or metadata)", step_dir)
+      continue
+    aside = os.path.join(fileio.absolute(model_dir), "checkpoints-skipped", f"{name}-{int(time.time())}")
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    os.rename(step_dir, aside)
+    logging.warning("skipping %s: not a complete checkpoint (contents: %s); moved to %s", step_dir,
+                    fileio.listdir(aside)[:5] or "empty", aside)
+  return skipped
 
 
 def manager(model_dir: str, *, keep: int = 2, create: bool = True,
@@ -83,8 +120,10 @@ def save(mngr: ocp.CheckpointManager, step: int, params, opt_state, config: Mode
     mngr.wait_until_finished()
   except Exception as e:  # orbax wraps the OSError of a full disk in its own exceptions
     if _is_disk_full(e):
+      last = mngr.latest_step()
+      resume = f"resume from step {last} (left intact)" if last is not None else "start again (no earlier checkpoint)"
       raise CheckpointError(f"disk full while writing checkpoint step {step} to {mngr.directory}: free "
-                            f"space and rerun to resume from step {mngr.latest_step()} (left intact)") from e
+                            f"space and rerun to {resume}") from e
     raise
   return saved
 
@@ -134,7 +173,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_op
 def read_meta(model_dir: str, step: Optional[int] = None) -> dict:
   """The meta dict of a run's latest (or given) checkpoint, without loading any array."""
   directory = checkpoint_dir(model_dir)
-  if not os.path.isdir(directory):
+  if not fileio.isdir(directory):
     raise CheckpointError(f"no checkpoints under {model_dir!r} (expected {directory})")
   mngr = manager(model_dir, create=False)
   step = mngr.latest_step() if step is None else step

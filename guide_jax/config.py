@@ -156,7 +156,13 @@ class GuideConfig:
 class DataConfig:
   """What the run reads. data_dir: a prepared-data directory (python -m guide_jax.data.prepare);
   without it the built-in `corpus` is prepared under cache_dir on first use (that step imports
-  seqio and TensorFlow; training from prepared data needs neither)."""
+  seqio and TensorFlow; training from prepared data needs neither). A gs:// data_dir is staged
+  once to <cache_dir>/staged/, hash-checked as it is copied.
+  verify_data: check every shard's SHA-256 against the manifest when the run starts (about one
+    read of the data, every core; reports/data_hash_cost.json). False skips it for a huge corpus,
+    at a risk: a shard changed since prepare (same size) then trains without a warning; token ids
+    are still range-checked (one cheaper pass).
+  """
   corpus: str = "shakespeare"
   data_dir: Optional[str] = None
   cache_dir: str = "cache"
@@ -164,6 +170,7 @@ class DataConfig:
   seq_len: int = 128
   batch_size: int = 32
   eval_max_batches: Optional[int] = None
+  verify_data: bool = True
 
   def __post_init__(self):
     for name in ("vocab_size", "seq_len", "batch_size"):
@@ -180,12 +187,15 @@ class CheckpointConfig:
     whose params (not its optimizer state or step) seed this run.
   restore_step: resume from this step instead of the latest (e.g. when the latest is corrupt).
   allow_changed_run: resume even when this run's settings differ from the checkpoint's.
+  lock_timeout_s: the run lease (<model_dir>/.lock, guide_jax.runlock) is taken over once its
+    holder's heartbeat is older than this (a preempted or killed job); a fresher one refuses.
   """
   save_every: int = 200
   keep: int = 2
   init_params_dir: Optional[str] = None
   restore_step: Optional[int] = None
   allow_changed_run: bool = False
+  lock_timeout_s: float = 300.0
 
 
 @dataclasses.dataclass(frozen=True)

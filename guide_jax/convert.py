@@ -33,9 +33,8 @@ from typing import Optional
 from absl import app, flags, logging
 import jax
 
-from guide_jax import checkpoints, gin_utils, sharding, t5x_compat
+from guide_jax import checkpoints, fileio, gin_utils, sharding, t5x_compat
 from guide_jax.config import BLOCKS, LAYER_SELECTIONS, OTHER_BLOCKS, GuideConfig, ModelConfig
-from guide_jax.data import atomic
 from guide_jax.transforms import check_dimensions, guide_init
 from guide_jax.transforms.select import select_layers
 
@@ -80,16 +79,19 @@ def _output_entries(output_format: str, step: int = 0):
 
 
 def _check_output(output_dir: str, output_format: str, overwrite: bool, teacher_dir: str) -> None:
-  out, teacher = os.path.realpath(output_dir), os.path.realpath(teacher_dir)
-  if out == teacher or teacher.startswith(out + os.sep):
+  if fileio.is_remote(output_dir) and output_format != "guide_jax":
+    raise ValueError(f"--format={output_format} writes local files only; write {output_dir!r} locally and copy it")
+  real = lambda p: fileio.absolute(p).rstrip("/") if fileio.is_remote(p) else os.path.realpath(p)
+  out, teacher = real(output_dir), real(teacher_dir)
+  if out == teacher or teacher.startswith(out + "/"):
     raise ValueError(f"output_dir {output_dir!r} holds the teacher {teacher_dir!r}; choose another")
-  if os.path.exists(out) and not os.path.isdir(out):
+  if fileio.isfile(out):
     raise ValueError(f"output_dir {output_dir!r} exists and is not a directory")
-  if not os.path.isdir(out) or overwrite:
+  if not fileio.isdir(out) or overwrite:
     return
-  present = [e for e in _output_entries(output_format) if os.path.exists(os.path.join(out, e))]
+  present = [e for e in _output_entries(output_format) if fileio.exists(fileio.join(out, e))]
   if output_format == "t5x":
-    present += sorted(e for e in os.listdir(out) if re.match(r"^checkpoint_\d+$", e) and e not in present)
+    present += sorted(e for e in fileio.listdir(out) if re.match(r"^checkpoint_\d+$", e) and e not in present)
   if present:
     raise ValueError(f"output_dir {output_dir!r} already holds {', '.join(present)}; pass --overwrite "
                      "to replace it, or choose another directory")
@@ -131,9 +133,13 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
   for name, value in (("teacher_dir", teacher_dir), ("output_dir", output_dir)):
     if not value:
       raise ValueError(f"--{name} is required")
-  if not os.path.isdir(teacher_dir):
+  if not fileio.isdir(teacher_dir):
     raise ValueError(f"teacher_dir {teacher_dir!r} does not exist")
   _check_output(output_dir, output_format, overwrite, teacher_dir)
+  try:
+    fileio.probe_writable(output_dir, "output_dir")  # before the teacher is read
+  except fileio.OutputLocationError as e:
+    raise ValueError(str(e)) from e
 
   # 2. Teacher: present, complete, matching its config; the student no larger.
   if teacher_format == "guide_jax":
@@ -169,7 +175,20 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
   logging.info("GUIDE: explained variance %.4f, teacher layers %s", info.explained_variance,
                list(info.teacher_layers))
 
-  # 4. Write into a temporary sibling directory, then move into place.
+  # 4. Write into a temporary sibling directory, then move into place (on an object store, where
+  # nothing is renamed: the checkpoint straight into output_dir, orbax committing it as a whole,
+  # then guide_info.json, one atomic upload).
+  if fileio.is_remote(output_dir):
+    for entry in _output_entries(output_format):
+      fileio.rmtree(fileio.join(output_dir, entry))  # --overwrite (else _check_output found none)
+    mngr = checkpoints.manager(output_dir, keep=1, params_only=True)
+    checkpoints.save(mngr, 0, params, None, student_config, force=True,
+                     extra={"init": "guide", "explained_variance": info.explained_variance,
+                            "teacher": teacher_source})
+    mngr.close()
+    fileio.atomic_write_json(fileio.join(output_dir, INFO_FILE), guide_info)
+    guide_info["output_dir"] = output_dir
+    return guide_info
   output_dir = os.path.abspath(output_dir)
   parent = os.path.dirname(output_dir)
   os.makedirs(parent, exist_ok=True)
@@ -186,7 +205,7 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
       mngr.close()
     else:
       t5x_compat.write_t5x_checkpoint(tmp, params, student_config, step=0)
-    atomic.atomic_write_json(os.path.join(tmp, INFO_FILE), guide_info)
+    fileio.atomic_write_json(os.path.join(tmp, INFO_FILE), guide_info)
     _move_into_place(tmp, output_dir)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

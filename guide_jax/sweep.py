@@ -4,26 +4,33 @@ r"""Gin-driven sweeps: train a teacher, then every arm x seed on the same tokens
   python -m guide_jax.sweep --gin_file=gin/sweeps/reproduction.gin --gin.sweep.sweep.seeds=[0,1,2]
 
 Each run is `python -m guide_jax.train` in a subprocess with the sweep's gin files and bindings, in
-<output_dir>/<arm>/seed_<k> (the teacher in <output_dir>/teacher). A run whose results.json says it
-finished is skipped; an unfinished one resumes from its checkpoint. Writes results.json, results.md
-and results.png in output_dir (atomically).
+<output_dir>/<arm>/seed_<k> (the teacher in <output_dir>/teacher); output_dir may be gs://. A run
+whose results.json says it finished is skipped; an unfinished one resumes from its checkpoint.
+Each run directory records the settings it was started with (sweep_run.json: gin files with
+their content hashes, bindings); when the sweep's gin now asks for other settings the sweep
+refuses before starting anything, or reruns those runs from scratch with
+sweep.rerun_changed = True. Writes results.json, results.md and results.png in output_dir
+(atomically).
 """
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app, flags, logging
 import gin
 import numpy as np
 import tqdm
 
-from guide_jax import gin_utils, metrics
+from guide_jax import fileio, gin_utils, metrics
 from guide_jax.config import ModelConfig
-from guide_jax.data import atomic
+
+SETTINGS_FILE = "sweep_run.json"
 
 def split_spec(spec: Sequence[str]):
   """An arm spec mixes gin files ('*.gin') and bindings ('KEY = VALUE'): -> (files, bindings)."""
@@ -36,23 +43,51 @@ def train_command(gin_files: Sequence[str], bindings: Sequence[str]) -> List[str
           + [f"--gin_bindings={b}" for b in bindings])
 
 
+def gin_string(value: str) -> str:
+  """A gin string literal holding `value` exactly (quotes, backslashes: Python literal syntax)."""
+  return repr(str(value))
+
+
 def read_result(run_dir: str) -> Optional[dict]:
-  path = os.path.join(run_dir, "results.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      result = json.load(f)
-    if result.get("finished"):
-      return result
-  return None
+  try:
+    result = json.loads(fileio.read_text(fileio.join(run_dir, "results.json")))
+  except FileNotFoundError:
+    return None
+  return result if result.get("finished") else None
 
 
-def _die_with_parent() -> None:
-  """preexec_fn: the child gets SIGTERM when the sweep process dies (Linux prctl PDEATHSIG)."""
+def run_settings(gin_files: Sequence[str], bindings: Sequence[str]) -> dict:
+  """What a run was asked for: its gin files (with a SHA-256 of their content) and bindings."""
+  def digest(f):
+    path = f if os.path.exists(f) else os.path.join(gin_utils.REPO_ROOT, f)
+    with open(path, "rb") as fh:
+      return hashlib.sha256(fh.read()).hexdigest()
+  return {"gin_files": [[f, digest(f)] for f in gin_files], "bindings": list(bindings)}
+
+
+def settings_diff(saved: dict, wanted: dict) -> List[str]:
+  """Human-readable differences between two run_settings dicts ([] when equal)."""
+  out = []
+  old_b, new_b = saved.get("bindings", []), wanted["bindings"]
+  out += [f"binding {b!r} dropped" for b in old_b if b not in new_b]
+  out += [f"binding {b!r} added" for b in new_b if b not in old_b]
+  old_f = {f: h for f, h in saved.get("gin_files", [])}
+  new_f = {f: h for f, h in wanted["gin_files"]}
+  out += [f"gin file {f} {'edited' if f in new_f else 'dropped'}" for f in old_f if new_f.get(f) != old_f[f]]
+  out += [f"gin file {f} added" for f in new_f if f not in old_f]
+  return out
+
+
+def _die_with_parent(parent: int) -> None:
+  """preexec_fn: the child gets SIGTERM when the sweep process dies (Linux prctl PR_SET_PDEATHSIG;
+  a parent that died before the prctl is caught by the getppid check)."""
   try:
     import ctypes
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-  except OSError:
-    pass
+  except (OSError, AttributeError):  # not Linux: no parent-death signal exists
+    return
+  if os.getppid() != parent:
+    os._exit(1)
 
 
 def _progress(bar, run_dir: str, seen: int) -> int:
@@ -87,31 +122,46 @@ def run_once(run_dir: str, gin_files, bindings, dry_run: bool = False, label: st
   if done is not None:
     print(f"{label or run_dir}: finished already (eval ppl {done['eval_ppl']:.3f})", flush=True)
     return done
-  cmd = train_command(gin_files, list(bindings) + [f"MODEL_DIR = '{run_dir}'"])
+  cmd = train_command(gin_files, list(bindings) + [f"MODEL_DIR = {gin_string(run_dir)}"])
   if dry_run:
     print(" ".join(cmd))
     return None
-  os.makedirs(run_dir, exist_ok=True)
-  log_path = os.path.join(run_dir, "train.log")
+  fileio.makedirs(run_dir)
+  settings_path = fileio.join(run_dir, SETTINGS_FILE)
+  if not fileio.exists(settings_path):
+    fileio.atomic_write_json(settings_path, run_settings(gin_files, bindings))
+  log_path = fileio.join(run_dir, "train.log")
+  local_log = log_path
+  if fileio.is_remote(run_dir):  # a child's stdout needs a local file: uploaded when the run ends
+    local_log = os.path.join(tempfile.gettempdir(), "guide_jax-sweep-logs", run_dir.split("://", 1)[1], "train.log")
+    os.makedirs(os.path.dirname(local_log), exist_ok=True)
+    if fileio.exists(log_path):
+      fileio.copy(log_path, local_log)
   logging.debug("running %s > %s", " ".join(cmd), log_path)  # --verbosity=1 shows it
-  with open(log_path, "a") as log, tqdm.tqdm(desc=label or run_dir, unit="step", dynamic_ncols=True) as bar:
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-    seen = 0
-    try:
-      while proc.poll() is None:
-        time.sleep(1.0)
-        seen = _progress(bar, run_dir, seen)
-        if deadline is not None and time.time() > deadline:
-          proc.terminate()  # the child saves a checkpoint at its next step and exits
-          proc.wait()
-          raise TimeBudgetReached(f"time budget reached during {run_dir}")
-      _progress(bar, run_dir, seen)
-    except BaseException:
-      proc.terminate()
-      proc.wait(timeout=30)
-      raise
+  try:
+    with open(local_log, "a") as log, tqdm.tqdm(desc=label or run_dir, unit="step", dynamic_ncols=True) as bar:
+      parent = os.getpid()
+      proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                              preexec_fn=lambda: _die_with_parent(parent))
+      seen = 0
+      try:
+        while proc.poll() is None:
+          time.sleep(1.0)
+          seen = _progress(bar, run_dir, seen)
+          if deadline is not None and time.time() > deadline:
+            proc.terminate()  # the child saves a checkpoint at its next step and exits
+            proc.wait()
+            raise TimeBudgetReached(f"time budget reached during {run_dir}")
+        _progress(bar, run_dir, seen)
+      except BaseException:
+        proc.terminate()
+        proc.wait(timeout=30)
+        raise
+  finally:
+    if local_log != log_path:
+      fileio.copy(local_log, log_path)
   if proc.returncode != 0:
-    with open(log_path) as f:
+    with open(local_log) as f:
       tail = f.readlines()[-15:]
     raise RuntimeError(f"training run {run_dir} failed with exit code {proc.returncode}; last lines of "
                        f"{log_path}:\n" + "".join(tail))
@@ -211,9 +261,29 @@ def plot(summary: dict, run_dirs: Dict[str, List[str]], path: str) -> None:
   ax2.set(ylabel="gap reduction (%)", title="Teacher-student gap reduction vs baseline")
   ax2.tick_params(axis="x", rotation=30)
   fig.tight_layout()
-  with atomic.atomic_open(path, "wb") as f:
+  with fileio.atomic_open(path, "wb") as f:
     fig.savefig(f, format="png", dpi=110)
   plt.close(fig)
+
+
+def check_settings(plan: Sequence[Tuple[str, list, list]], rerun_changed: bool) -> List[str]:
+  """Run dirs of `plan` [(run_dir, gin_files, bindings)] whose recorded settings differ from what
+  is asked now; ValueError naming each (before anything runs) unless rerun_changed."""
+  changed, lines = [], []
+  for run_dir, files, bindings in plan:
+    try:
+      saved = json.loads(fileio.read_text(fileio.join(run_dir, SETTINGS_FILE)))
+    except FileNotFoundError:
+      continue  # not started yet (or by a sweep that recorded nothing)
+    diff = settings_diff(saved, run_settings(files, bindings))
+    if diff:
+      changed.append(run_dir)
+      lines.append(f"{run_dir}: " + "; ".join(diff))
+  if changed and not rerun_changed:
+    raise ValueError("sweep: these runs were made with other settings than the sweep's gin now asks for "
+                     "(their results would be mixed with the new ones):\n  " + "\n  ".join(lines) +
+                     "\nUse a new output_dir, or set sweep.sweep.rerun_changed = True to rerun them from scratch.")
+  return changed
 
 
 def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretrain.gin",),
@@ -221,7 +291,7 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
           arms: Dict[str, Sequence[str]] = gin.REQUIRED, seeds: Sequence[int] = (0,),
           baseline: str = "baseline", dry_run: bool = False,
           time_budget_s: Optional[float] = None,
-          budgets: Optional[Dict[str, Sequence[str]]] = None) -> Optional[dict]:
+          budgets: Optional[Dict[str, Sequence[str]]] = None, rerun_changed: bool = False) -> Optional[dict]:
   """Train the teacher (base + teacher specs), then each arm (base + student + arm specs) per seed.
 
   Specs are lists of gin files and bindings. Every arm gets TEACHER_DIR bound to the teacher run,
@@ -230,6 +300,8 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
   budgets: {name: bindings} (e.g. TRAIN_STEPS): every arm x seed runs once per budget, smallest
   first, into <output_dir>/<budget>/<arm>/seed_k; results.json then holds one summary per budget
   and study.json the budgets x arms table.
+  rerun_changed: rerun (from scratch) runs whose recorded settings differ from the ones asked
+  now, instead of refusing; a rerun teacher reruns every arm.
   """
   deadline = None if time_budget_s is None else time.time() + time_budget_s
   if baseline not in arms:
@@ -241,42 +313,51 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
              and not os.path.exists(f)]
   if missing:
     raise ValueError(f"sweep: gin files not found: {missing}")
-  output_dir = os.path.abspath(output_dir)
-  teacher_dir = os.path.join(output_dir, "teacher")
-  files, bindings = split_spec(list(base) + list(teacher))
-  teacher_result = run_once(teacher_dir, files, bindings, dry_run, label="teacher", deadline=deadline)
-  summaries, tables, all_dirs = {}, [], {}
+  output_dir = fileio.absolute(output_dir)
+  teacher_dir = fileio.join(output_dir, "teacher")
+  plan = [(teacher_dir, *split_spec(list(base) + list(teacher)), "teacher", None, None)]
   for budget, budget_spec in (budgets or {None: []}).items():
-    arm_results, run_dirs = {}, {}
     for seed in seeds:
       for name, spec in arms.items():
-        run_dir = os.path.join(output_dir, *([budget] if budget else []), name, f"seed_{seed}")
+        run_dir = fileio.join(output_dir, *([budget] if budget else []), name, f"seed_{seed}")
         files, bindings = split_spec(list(base) + list(student) + list(budget_spec) + list(spec))
-        bindings = bindings + [f"TEACHER_DIR = '{teacher_dir}'", f"SEED = {seed}"]
-        label = f"{budget + ' ' if budget else ''}{name} seed {seed}"
-        result = run_once(run_dir, files, bindings, dry_run, label=label, deadline=deadline)
-        if result is not None:
-          evals = metrics.read_metrics(run_dir, "eval")
-          result["step0_ppl"] = float(np.exp(evals[0]["loss"])) if 0 in evals else None
-          arm_results.setdefault(name, []).append(result)
-          run_dirs.setdefault(name, []).append(run_dir)
-    if dry_run:
-      continue
-    summaries[budget] = summarize(teacher_result, arm_results, baseline)
-    tables.append((f"## {budget}\n\n" if budget else "") + markdown_table(summaries[budget]))
-    all_dirs[budget] = run_dirs
+        bindings = bindings + [f"TEACHER_DIR = {gin_string(teacher_dir)}", f"SEED = {seed}"]
+        plan.append((run_dir, files, bindings, f"{budget + ' ' if budget else ''}{name} seed {seed}", budget, name))
+  if not dry_run:
+    fileio.probe_writable(output_dir, "sweep output_dir")
+    changed = check_settings([p[:3] for p in plan], rerun_changed)
+    if teacher_dir in changed:
+      changed = [p[0] for p in plan]
+    for run_dir in changed:
+      logging.warning("rerunning %s from scratch: its settings changed", run_dir)
+      fileio.rmtree(run_dir)
+  teacher_result = None
+  arm_results, run_dirs = {}, {}
+  for run_dir, files, bindings, label, budget, name in plan:
+    result = run_once(run_dir, files, bindings, dry_run, label=label, deadline=deadline)
+    if name is None:
+      teacher_result = result
+    elif result is not None:
+      evals = metrics.read_metrics(run_dir, "eval")
+      result["step0_ppl"] = float(np.exp(evals[0]["loss"])) if 0 in evals else None
+      arm_results.setdefault(budget, {}).setdefault(name, []).append(result)
+      run_dirs.setdefault(budget, {}).setdefault(name, []).append(run_dir)
   if dry_run:
     return None
+  summaries, tables = {}, []
+  for budget in (budgets or {None: []}):
+    summaries[budget] = summarize(teacher_result, arm_results[budget], baseline)
+    tables.append((f"## {budget}\n\n" if budget else "") + markdown_table(summaries[budget]))
   summary = summaries[None] if budgets is None else {"budgets": summaries}
-  atomic.atomic_write_text(os.path.join(output_dir, "results.json"), json.dumps(summary, indent=2))
+  fileio.atomic_write_text(fileio.join(output_dir, "results.json"), json.dumps(summary, indent=2))
   if budgets is not None:
-    atomic.atomic_write_text(os.path.join(output_dir, "study.json"),
+    fileio.atomic_write_text(fileio.join(output_dir, "study.json"),
                              json.dumps(study_json(summaries, seeds), indent=2))
   table = "\n".join(tables)
-  atomic.atomic_write_text(os.path.join(output_dir, "results.md"), table)
+  fileio.atomic_write_text(fileio.join(output_dir, "results.md"), table)
   try:
     last = list(summaries)[-1]
-    plot(summaries[last], all_dirs[last], os.path.join(output_dir, "results.png"))
+    plot(summaries[last], run_dirs[last], fileio.join(output_dir, "results.png"))
     written = "results.json, results.md, results.png"
   except ImportError:  # a bare accelerator image without matplotlib: the table and JSON suffice
     written = "results.json, results.md (no matplotlib: no plot)"
@@ -294,6 +375,8 @@ def main(argv):
     gin.get_configurable(sweep)(dry_run=flags.FLAGS.dry_run)  # registered by the gin file
   except TimeBudgetReached as e:
     print(f"{e}: progress is saved; run the same command again to continue")
+  except (ValueError, fileio.OutputLocationError) as e:  # bad input: one clear error, no traceback
+    sys.exit(f"guide_jax.sweep: error: {e}")
 
 
 def run():

@@ -33,12 +33,15 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from guide_jax import checkpoints, gin_utils, metrics, runlock, sharding, trainer
+from guide_jax import checkpoints, fileio, gin_utils, metrics, runlock, sharding, trainer
 from guide_jax.config import (CheckpointConfig, DataConfig, GuideConfig, ModelConfig, PruneConfig,
                               TeacherConfig)
-from guide_jax.data import atomic
 from guide_jax.transforms import check_dimensions, check_finite, guide_init, prune, weight_selection
 
+# Exit status of a run that saved and stopped before TRAIN_STEPS (SIGTERM, stop_after) or found its
+# MODEL_DIR leased by another run: rerun the same command (later). 75 is sysexits.h EX_TEMPFAIL;
+# launch/tpu_run.sh --restart_on_preemption reruns on it. 0 means finished; others are errors.
+EXIT_NOT_FINISHED = 75
 INITS = ("random", "guide", "weight_selection", "prune")
 TEACHER_INITS = ("guide", "weight_selection", "prune")  # starts made from the teacher
 # Settings a resumed run must share with its checkpoint (CheckpointConfig.allow_changed_run waives).
@@ -92,7 +95,8 @@ def resume_step(model_dir: str, restore_step: Optional[int]) -> Optional[int]:
   same choice (e.g. to load no teacher) and compiles the same collectives.
   """
   step = -1
-  if jax.process_index() == 0 and os.path.isdir(checkpoints.checkpoint_dir(model_dir)):
+  if jax.process_index() == 0 and fileio.isdir(checkpoints.checkpoint_dir(model_dir)):
+    checkpoints.skip_incomplete_steps(model_dir)  # empty / interrupted step dirs: named, set aside
     mngr = checkpoints.manager(model_dir, create=False)
     steps = mngr.all_steps()
     if restore_step is not None:
@@ -162,6 +166,8 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   """
   # ----------------------------------------------------------------------------- checks
   check_run_args(model, optimizer, train_steps, init, guide, teacher, data, checkpoint)
+  if jax.process_index() == 0:  # an unwritable MODEL_DIR fails now, not at the first save
+    fileio.probe_writable(model_dir, "MODEL_DIR")
   mesh = sharding.make_mesh(model_parallel, jax.devices()[:num_devices] if num_devices else None)
   if data.batch_size % mesh.shape["data"]:
     raise ValueError(f"BATCH_SIZE {data.batch_size} must divide by the mesh's data axis ({mesh.shape['data']} "
@@ -183,7 +189,8 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   # ----------------------------------------------------------------------------- data
   from guide_jax.data import batches as batches_lib, prepared  # numpy + sentencepiece only
   data_dir = data.data_dir or prepared.ensure_prepared(data.corpus, data.cache_dir, data.vocab_size)
-  tokens = prepared.load_prepared(data_dir)
+  tokens = prepared.load_prepared(data_dir, verify=data.verify_data,
+                                  stage_root=data.cache_dir)  # a gs:// data_dir: staged once
   if tokens.vocab_size != model.vocab_size:
     raise ValueError(f"model vocab_size {model.vocab_size} != the data's vocabulary size {tokens.vocab_size} "
                      f"({data_dir}); bind VOCAB_SIZE = {tokens.vocab_size}")
@@ -202,8 +209,9 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
     teacher_params, teacher_config = load_teacher(teacher, model, init, mesh)
 
   # ----------------------------------------------------------------------------- state
-  os.makedirs(model_dir, exist_ok=True)  # all checks passed: now we may write
-  with runlock.hold(model_dir) if jax.process_index() == 0 else contextlib.nullcontext():
+  fileio.makedirs(model_dir)  # all checks passed: now we may write
+  with (runlock.hold(model_dir, checkpoint.lock_timeout_s) if jax.process_index() == 0
+        else contextlib.nullcontext()) as lease:
     state = trainer.abstract_state(model, optimizer, mesh)
     mngr = checkpoints.manager(model_dir, keep=checkpoint.keep)
     if start is not None:                                                 # 1. resume
@@ -240,7 +248,7 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
       teacher_params = None  # no teacher forward is compiled
     return _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, teacher_params,
                  teacher_config, teacher, data, batches, eval_batches, feed, start, train_steps, stop_after,
-                 eval_every, log_every, checkpoint.save_every, run_meta)
+                 eval_every, log_every, checkpoint.save_every, run_meta, lease=lease)
 
 
 class _Preemption:
@@ -274,15 +282,15 @@ class _Preemption:
 
 def _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, teacher_params, teacher_config,
           teacher, data, batches, eval_batches, feed, start, train_steps, stop_after, eval_every, log_every,
-          save_every, run_meta) -> dict:
+          save_every, run_meta, lease=None) -> dict:
   """The training loop: steps, logs, evals, checkpoints, the NaN guard, results.json."""
   # ----------------------------------------------------------------------------- compile
   step_fn = trainer.make_train_step(model, optimizer, mesh, state, teacher_config=teacher_config,
                                     alpha=teacher.kd_alpha, tau=teacher.kd_tau)
   eval_fn = trainer.make_eval_step(model, mesh)
-  writer = metrics.Writer(model_dir)
+  writer = metrics.Writer(model_dir, resume_step=start or None)  # replayed steps replace their records
   tokens_per_step = data.batch_size * data.seq_len
-  results_path = os.path.join(model_dir, "results.json")
+  results_path = fileio.join(model_dir, "results.json")
 
   def fail(step, what):
     last = mngr.latest_step()
@@ -290,7 +298,7 @@ def _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, tea
               "error": f"{what} at step {step}; stopped without saving it. The last good checkpoint is "
                        f"step {last}: lower the learning rate or fix the data and rerun to resume from it."}
     if jax.process_index() == 0:
-      atomic.atomic_write_json(results_path, result)
+      fileio.atomic_write_json(results_path, result)
     writer.close()
     logging.error(result["error"])
     return result
@@ -328,6 +336,9 @@ def _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, tea
           return fail(step, "non-finite eval loss")
         writer.eval(step, eval_result)
       if saving:
+        if lease is not None:
+          lease.check()  # taken over by another run: never overwrite its checkpoints
+        writer.flush()
         checkpoints.save(mngr, step, params, opt_state, model, extra=run_meta, force=True)
       if stopping:
         logging.warning("SIGTERM: saved step %d of %s; rerun the same command to resume", step, model_dir)
@@ -342,7 +353,7 @@ def _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, tea
   result = {"step": step, "finished": True, "eval_loss": eval_result["loss"], "eval_ppl": eval_result["ppl"],
             "model_config": dataclasses.asdict(model), "tokens_seen": step * tokens_per_step, **run_meta}
   if jax.process_index() == 0:
-    atomic.atomic_write_json(results_path, result)
+    fileio.atomic_write_json(results_path, result)
   return result
 
 
@@ -352,10 +363,23 @@ def main(argv):
   maybe_initialize_distributed()
   metrics.quiet_library_logs()
   gin_utils.parse(flags.FLAGS.gin_file, flags.FLAGS.gin_bindings)
-  result = gin.get_configurable(train)()  # registered by the gin files' dynamic_registration
+  try:
+    result = gin.get_configurable(train)()  # registered by the gin files' dynamic_registration
+  except (runlock.RunLockedError, fileio.OutputLocationError) as e:  # one line, no traceback
+    print(f"guide_jax.train: error: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)  # not gin's note
+    sys.exit(EXIT_NOT_FINISHED if isinstance(e, runlock.RunLockedError) else 1)
+  except (checkpoints.CheckpointError, runlock.LeaseLostError) as e:
+    # A failed save (a full disk) leaves orbax coroutines pending; collected at interpreter shutdown
+    # they print ImportErrors below the cause. End the process with the cause as the last line.
+    logging.exception("training stopped")
+    print(f"guide_jax.train: error: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
   print(json.dumps(result))
   if result.get("error"):
     sys.exit(f"guide_jax.train: error: {result['error']}")
+  if not result.get("finished"):  # saved (SIGTERM, stop_after): the same command continues it
+    sys.exit(EXIT_NOT_FINISHED)
 
 
 def run():

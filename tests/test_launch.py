@@ -206,3 +206,53 @@ def test_shellcheck():
 def test_scripts_are_executable():
   for script in (TPU_RUN, LOCAL_RUN):
     assert os.access(script, os.X_OK), script
+
+
+FAKE_GCLOUD = """#!/bin/sh
+# Logs each call; `ssh --command=cd ...` (the trainer) exits with the next status in $TRAIN_CODES;
+# `describe --format=value(state)` prints the next state in $STATES.
+echo "$*" >> "$LOG"
+next() {  # next FILE: pop the first word of FILE
+  set -- $(cat "$1"); echo "$1"; shift; echo "$*" > "$STATE_DIR/tmp"; mv "$STATE_DIR/tmp" "$STATE_DIR/$name"
+}
+case "$*" in
+  *"--command=cd guide_jax"*) name=codes; exit "$(next "$STATE_DIR/codes")" ;;
+  *"describe"*"--format=value(state)"*) name=states; next "$STATE_DIR/states" ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("codes,states,expected_rc,expected", [
+    # preempted mid-run: the VM is recreated, shipped to, installed on; the rerun says "lease
+    # held" (75), the next one finishes.
+    ("255 75 0", "PREEMPTED READY", 0,
+     ["ssh", "describe", "delete", "create", "scp", "ssh-setup", "ssh", "describe", "ssh"]),
+    ("1", "READY", 1, ["ssh", "describe"]),  # a real failure on a healthy VM: no restart
+    ("75 75", "READY READY", 75, ["ssh", "describe", "ssh", "describe"]),  # --max_restarts=1 used up
+])
+def test_tpu_restart_on_preemption_reruns_until_finished(tmp_path, codes, states, expected_rc, expected):
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+  (bin_dir / "gcloud").chmod(0o755)
+  (tmp_path / "codes").write_text(codes)
+  (tmp_path / "states").write_text(states)
+  log = tmp_path / "calls.log"
+  env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(log), "STATE_DIR": str(tmp_path)}
+  res = run(TPU_RUN, *REQUIRED, "--skip_install", "--restart_on_preemption", "--restart_wait=0",
+            "--max_restarts=1" if expected_rc == 75 else "--max_restarts=3", "--", "--gin.TRAIN_STEPS=10",
+            env=env, tmp_path=tmp_path)
+  assert res.returncode == expected_rc, res.stderr
+  calls = log.read_text().splitlines()[2:]  # after the first scp + setup ssh
+
+  def kind(call):
+    words = call.split()
+    if words[3] == "ssh":
+      return "ssh" if "--command=cd guide_jax" in call else "ssh-setup"
+    return words[3]
+  assert [kind(c) for c in calls] == expected, calls
+  if expected_rc == 0:
+    assert "the TPU VM is PREEMPTED (preempted); restart 1 of 3" in res.stderr
+    assert "the run saved and stopped unfinished (exit 75); restart 2 of 3" in res.stderr
+    assert "--accelerator-type=v4-32" in calls[3]

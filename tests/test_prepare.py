@@ -35,7 +35,7 @@ _BLOCKER = textwrap.dedent('''
 ''')
 
 
-def _run_blocked(args, tmp_dir, env=None, timeout=300):
+def _run_blocked(args, tmp_dir, env=None, timeout=300, returncode=0):
   """Runs `python *args` in REPO with tensorflow/seqio imports blocked; returns CompletedProcess.
 
   args: e.g. ["-c", code] or ["-m", "guide_jax.train", "--gin_file=..."]. The block is a
@@ -51,7 +51,7 @@ def _run_blocked(args, tmp_dir, env=None, timeout=300):
       [full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else []))
   proc = subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True,
                         text=True, timeout=timeout)
-  assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+  assert proc.returncode == returncode, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
   return proc
 
 
@@ -180,7 +180,8 @@ def test_corrupted_or_incomplete_prepared_data_fails_clearly(user_task, tmp_path
   raw = bytearray(open(shard, "rb").read())
   raw[-3] ^= 0xFF  # same size, different content
   open(shard, "wb").write(bytes(raw))
-  prepared.load_prepared(path)  # sizes still match: only verify reads the bytes
+  with pytest.raises(prepared.PreparedDataError, match="token id 6\\d+ >= vocab_size 400.*bad data"):
+    prepared.load_prepared(path)  # no hash check: the id range pass still names the bad id
   with pytest.raises(prepared.PreparedDataError, match="sha256.*corrupted"):
     prepared.load_prepared(path, verify=True)
   open(shard, "ab").write(b"\0\0")
@@ -214,6 +215,7 @@ def test_write_prepared_shards_dtypes_and_atomicity(tmp_path):
       {s: (s, iter(d)) for s, d in docs.items()}, shard_tokens=10)
   assert manifest["dtype"] == "int32"  # ids >= 65535 do not fit uint16
   assert [s["tokens"] for s in manifest["splits"]["train"]["shards"]] == [16, 17]
+  assert manifest["splits"]["train"]["max_id"] == max(int(d.max()) for d in docs["train"])  # re-checked at load
   data = prepared.load_prepared(out, verify=True)
   expected = np.concatenate([np.append(d, 1) for d in docs["train"]])  # EOS appended
   np.testing.assert_array_equal(data.train, expected)
@@ -276,7 +278,8 @@ def test_train_and_resume_from_prepared_data_without_tensorflow(user_task, tmp_p
           "--gin.config.ModelConfig.d_model=32", "--gin.config.ModelConfig.n_layers=2", "--gin.config.ModelConfig.n_heads=2",
           "--gin.config.ModelConfig.head_dim=16", "--gin.config.ModelConfig.mlp_dim=64", "--gin.train.train.num_devices=1",
           "--gin.config.DataConfig.eval_max_batches=2", "--gin.train.train.eval_every=4", "--gin.config.CheckpointConfig.save_every=4"]
-  _run_blocked(args + ["--gin.TRAIN_STEPS=8", "--gin.train.train.stop_after=4"], tmp_path)
+  _run_blocked(args + ["--gin.TRAIN_STEPS=8", "--gin.train.train.stop_after=4"], tmp_path,
+               returncode=75)  # saved, not finished
   _run_blocked(args + ["--gin.TRAIN_STEPS=8"], tmp_path)
   results = json.load(open(model_dir / "results.json"))
   assert results["finished"]

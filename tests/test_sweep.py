@@ -104,3 +104,40 @@ sweep.sweep.seeds = [0]
   # Different starts: weight selection and pruning do not start where the random baseline does.
   assert arms[("ws", "short")]["step0_ppl_mean"] != arms[("baseline", "short")]["step0_ppl_mean"]
   assert "## short" in (out / "results.md").read_text()
+
+
+def test_sweep_refuses_runs_made_with_other_settings_and_reruns_them_by_choice(tmp_path):
+  """Before: an edited sweep gin (steps changed) reused the finished runs of the old settings and
+  mixed them into its table; and an output_dir with a single quote broke the generated gin."""
+  out = tmp_path / "it's a sweep"
+  gin_file = tmp_path / "s.gin"
+
+  def write(student_steps):
+    gin_file.write_text(f"""
+from __gin__ import dynamic_registration
+from guide_jax import sweep
+sweep.sweep.output_dir = {str(out)!r}
+sweep.sweep.base = ['gin/runs/pretrain.gin', {', '.join(MICRO)}]
+sweep.sweep.teacher = ['gin/models/tiny_student.gin', 'TRAIN_STEPS = 3', 'config.ModelConfig.d_model = 32',
+                       'config.ModelConfig.n_layers = 1']
+sweep.sweep.student = ['gin/models/tiny_student.gin', 'TRAIN_STEPS = {student_steps}',
+                       'config.ModelConfig.d_model = 32', 'config.ModelConfig.n_layers = 1']
+sweep.sweep.arms = {{'baseline': []}}
+""")
+  write(3)
+  first = run_sweep(gin_file)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert json.load(open(out / "results.json"))["arms"][0]["tokens_seen"] == 3 * 4 * 32
+  write(5)
+  refused = run_sweep(gin_file)
+  assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+  assert "made with other settings" in refused.stderr
+  assert "binding 'TRAIN_STEPS = 3' dropped; binding 'TRAIN_STEPS = 5' added" in refused.stderr
+  assert "teacher:" not in refused.stderr  # the teacher's settings did not change
+  assert json.load(open(out / "baseline" / "seed_0" / "results.json"))["step"] == 3  # nothing was run
+  rerun = subprocess.run([sys.executable, "-m", "guide_jax.sweep", f"--gin_file={gin_file}",
+                          "--gin.sweep.sweep.rerun_changed=True"], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                         capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "teacher: finished already" in rerun.stdout
+  assert json.load(open(out / "results.json"))["arms"][0]["tokens_seen"] == 5 * 4 * 32

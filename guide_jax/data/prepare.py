@@ -25,7 +25,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from absl import app, flags, logging
 
-from guide_jax.data import atomic, prepared
+from guide_jax import fileio
+from guide_jax.data import prepared
 
 SHARD_TOKENS = 1 << 28  # a shard closes at the first document boundary past this many tokens
 
@@ -45,11 +46,12 @@ def write_split(docs: Iterable[np.ndarray], out_dir: str, split: str, vocab_size
                 eos_id: int, shard_tokens: int = SHARD_TOKENS) -> dict:
   """Writes documents (1-D int ids each) as <split>-<i>.npy shards of prepared.shard_dtype.
 
-  Returns the split's manifest entry {"tokens", "docs", "shards": [{"file", "tokens", "bytes",
-  "sha256"}]}. Raises ValueError for an id outside [0, vocab_size) or an empty split.
+  Returns the split's manifest entry {"tokens", "docs", "max_id", "shards": [{"file", "tokens",
+  "bytes", "sha256"}]} (max_id: the largest id, re-checked against vocab_size at every load).
+  Raises ValueError for an id outside [0, vocab_size) or an empty split.
   """
   dtype = prepared.shard_dtype(vocab_size)
-  shards, pending, pending_tokens, num_docs = [], [], 0, 0
+  shards, pending, pending_tokens, num_docs, largest = [], [], 0, 0, 0
 
   def flush():
     tokens = np.concatenate(pending).astype(dtype)
@@ -57,13 +59,14 @@ def write_split(docs: Iterable[np.ndarray], out_dir: str, split: str, vocab_size
     path = os.path.join(out_dir, name)
     np.save(path, tokens, allow_pickle=False)
     shards.append({"file": name, "tokens": int(tokens.size), "bytes": os.path.getsize(path),
-                   "sha256": atomic.sha256_file(path)})
+                   "sha256": fileio.sha256_file(path)})
 
   for doc in _fix_documents(docs, eos_id):
     if doc.min() < 0 or doc.max() >= vocab_size:
       raise ValueError(f"split {split!r} document {num_docs} has ids outside [0, {vocab_size}): "
                        f"min {doc.min()}, max {doc.max()}")
     pending.append(doc.astype(dtype))
+    largest = max(largest, int(doc.max()))
     pending_tokens += doc.size
     num_docs += 1
     if pending_tokens >= shard_tokens:
@@ -73,7 +76,7 @@ def write_split(docs: Iterable[np.ndarray], out_dir: str, split: str, vocab_size
     flush()
   if not shards:
     raise ValueError(f"split {split!r} produced no documents")
-  return {"tokens": sum(s["tokens"] for s in shards), "docs": num_docs, "shards": shards}
+  return {"tokens": sum(s["tokens"] for s in shards), "docs": num_docs, "max_id": largest, "shards": shards}
 
 
 def write_prepared(output_dir: str, source: dict, vocab_model: bytes, vocab_size: int,
@@ -88,7 +91,7 @@ def write_prepared(output_dir: str, source: dict, vocab_model: bytes, vocab_size
     raise ValueError(f"need documents for exactly {prepared.SPLITS}, got {sorted(split_docs)}")
   if os.path.exists(output_dir):
     raise FileExistsError(f"{output_dir} already exists")
-  with atomic.atomic_directory(output_dir) as tmp:
+  with fileio.atomic_directory(output_dir) as tmp:
     vocab_path = os.path.join(tmp, prepared.VOCAB_FILE)
     with open(vocab_path, "wb") as f:
       f.write(vocab_model)
@@ -102,10 +105,10 @@ def write_prepared(output_dir: str, source: dict, vocab_model: bytes, vocab_size
     manifest = {"format_version": prepared.FORMAT_VERSION, "source": source,
                 "vocab_size": int(vocab_size), "dtype": prepared.shard_dtype(vocab_size).name,
                 "eos_id": int(eos_id),
-                "vocab": {"file": prepared.VOCAB_FILE, "sha256": atomic.sha256_file(vocab_path)},
+                "vocab": {"file": prepared.VOCAB_FILE, "sha256": fileio.sha256_file(vocab_path)},
                 "splits": splits}
     prepared.check_manifest(manifest)
-    atomic.atomic_write_json(os.path.join(tmp, prepared.MANIFEST), manifest)
+    fileio.atomic_write_json(os.path.join(tmp, prepared.MANIFEST), manifest)
   return manifest
 
 

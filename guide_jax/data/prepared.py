@@ -1,6 +1,6 @@
 """Prepared data: tokenized splits on disk, read with numpy (memmap) only.
 
-    load_prepared(path, *, verify=False) -> Prepared(train, validation, vocab_size, vocab_path, ...)
+    load_prepared(path, *, verify=False, stage_root=None) -> Prepared(train, validation, vocab_size, vocab_path, ...)
     prepared_dir_for(corpus, cache_dir, vocab_size) -> <cache_dir>/prepared/<corpus>-v<vocab>-...
     ensure_prepared(corpus, cache_dir, vocab_size) -> that directory, prepared if missing
 
@@ -21,6 +21,7 @@ when the directory does not exist yet.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -28,7 +29,7 @@ import os
 import numpy as np
 from absl import logging
 
-from guide_jax.data import atomic
+from guide_jax import fileio
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -82,15 +83,15 @@ def prepared_dir_for(corpus: str, cache_dir: str, vocab_size: int) -> str:
 
 
 def read_manifest(path: str) -> dict:
-  """The checked manifest of prepared directory `path`; PreparedDataError if missing or malformed."""
-  manifest_path = os.path.join(path, MANIFEST)
-  if not os.path.isdir(path):
-    raise PreparedDataError(f"prepared-data directory {path!r} does not exist "
-                            "(create it with `python -m guide_jax.data.prepare`)")
+  """The checked manifest of prepared directory `path` (local or gs://); PreparedDataError if
+  missing or malformed."""
+  manifest_path = fileio.join(path, MANIFEST)
   try:
-    with open(manifest_path, encoding="utf-8") as f:
-      manifest = json.load(f)
+    manifest = json.loads(fileio.read_text(manifest_path))
   except FileNotFoundError as e:
+    if not fileio.isdir(path):
+      raise PreparedDataError(f"prepared-data directory {path!r} does not exist "
+                              "(create it with `python -m guide_jax.data.prepare`)") from e
     raise PreparedDataError(f"{path!r} has no {MANIFEST}: not a prepared-data directory") from e
   except (OSError, ValueError) as e:
     raise PreparedDataError(f"{manifest_path} is unreadable or not JSON: {e}") from e
@@ -133,10 +134,16 @@ def check_manifest(manifest: dict, where: str = MANIFEST) -> None:
         fail(f"split {split!r}: bad shard entry {shard!r}")
     if info.get("tokens") != sum(s["tokens"] for s in shards):
       fail(f"split {split!r}: tokens {info.get('tokens')!r} != sum over its shards")
+    max_id = info.get("max_id")  # recorded by prepare since the id-range check (absent in older data)
+    if max_id is not None and (not isinstance(max_id, int) or not 0 <= max_id < vocab_size):
+      fail(f"split {split!r} holds token id {max_id!r}, outside [0, vocab_size={vocab_size}): the data "
+           f"and its vocabulary do not match (was vocab_size edited, or the shards written with "
+           f"another tokenizer?); re-run prepare")
 
 
 def _load_shard(path: str, shard: dict, dtype: np.dtype, verify: bool) -> np.ndarray:
-  """Read-only memmap of one shard, checked against its manifest entry (size always, hash if verify)."""
+  """Read-only memmap of one local shard, checked against its manifest entry (size always, SHA-256
+  if verify)."""
   file = os.path.join(path, shard["file"])
   try:
     size = os.path.getsize(file)
@@ -146,10 +153,7 @@ def _load_shard(path: str, shard: dict, dtype: np.dtype, verify: bool) -> np.nda
     raise PreparedDataError(f"shard {file} has {size} bytes, the manifest says {shard['bytes']} "
                             "(truncated or replaced; re-run prepare)")
   if verify:
-    digest = atomic.sha256_file(file)
-    if digest != shard["sha256"]:
-      raise PreparedDataError(f"shard {file} has sha256 {digest}, the manifest says "
-                              f"{shard['sha256']} (corrupted; re-run prepare)")
+    _check_hash(file, shard["sha256"])
   try:
     tokens = np.load(file, mmap_mode="r", allow_pickle=False)
   except (OSError, ValueError) as e:
@@ -160,32 +164,89 @@ def _load_shard(path: str, shard: dict, dtype: np.dtype, verify: bool) -> np.nda
   return tokens
 
 
-def load_prepared(path: str, *, verify: bool = False) -> Prepared:
+def _check_hash(file: str, expected: str, digest: str | None = None) -> None:
+  digest = digest or fileio.sha256_file(file)
+  if digest != expected:
+    raise PreparedDataError(f"shard {file} has sha256 {digest}, the manifest says {expected} (corrupted "
+                            "or changed since prepare; re-run prepare)")
+
+
+def max_id(tokens: np.ndarray, chunk: int = 1 << 26) -> int:
+  """The largest id of a 1-D token stream, read in chunks (a memmap stays out of memory)."""
+  return max(int(tokens[i:i + chunk].max()) for i in range(0, tokens.size, chunk))
+
+
+def stage(path: str, local_root: str, verify: bool = True) -> str:
+  """A local copy of remote prepared directory `path` (gs://...) under local_root, made once.
+
+  Each file is streamed and hashed as it is copied and compared with the manifest (so the copy
+  is hash-checked without a second read); a file already staged with the right size is kept
+  (and hash-checked again when verify). The manifest is copied last: a staged directory with
+  a manifest is complete. Returns the local directory.
+  """
+  manifest = read_manifest(path)
+  bucket_and_key = path.split("://", 1)[1].strip("/")
+  local = os.path.join(os.path.abspath(local_root), "staged", bucket_and_key)
+  files = [(manifest["vocab"]["file"], None, manifest["vocab"]["sha256"])] + [
+      (s["file"], s["bytes"], s["sha256"]) for split in SPLITS for s in manifest["splits"][split]["shards"]]
+  os.makedirs(local, exist_ok=True)
+  copied = 0
+  for name, size, sha in files:
+    dst = os.path.join(local, name)
+    if os.path.exists(dst) and (size is None or os.path.getsize(dst) == size):
+      if verify:
+        _check_hash(dst, sha)
+      continue
+    digest = fileio.copy(fileio.join(path, name), dst)
+    if verify:
+      _check_hash(fileio.join(path, name), sha, digest)
+    copied += 1
+  fileio.atomic_write_json(os.path.join(local, MANIFEST), manifest)
+  logging.info("prepared data %s staged in %s (%d of %d files copied)", path, local, copied, len(files))
+  return local
+
+
+def load_prepared(path: str, *, verify: bool = False, stage_root: str | None = None) -> Prepared:
   """Loads prepared directory `path` (numpy only; no TensorFlow, no seqio).
 
-  Always checks the manifest's structure and every shard's byte size, dtype and length;
-  with verify=True also the SHA-256 of every shard and of the vocabulary, and that all ids
-  are < vocab_size (reads everything once). Raises PreparedDataError on any mismatch.
+  Always checks the manifest's structure (including the recorded largest id < vocab_size) and
+  every shard's byte size, dtype and length; with verify=True also the SHA-256 of every shard and
+  of the vocabulary (streamed, one thread per file: about one read of the data; see
+  reports/data_hash_cost.json), and, for data prepared before the largest id was recorded, that all
+  ids are < vocab_size. A gs:// path is staged to local disk under stage_root first (stage()).
+  Raises PreparedDataError on any mismatch.
   """
+  if fileio.is_remote(path):
+    if stage_root is None:
+      raise PreparedDataError(f"{path} is on an object store: give a local stage_root to copy it to")
+    path = stage(path, stage_root, verify=verify)
+    verify = False  # stage() checked every byte it copied or kept
   manifest = read_manifest(path)
   dtype = np.dtype(manifest["dtype"])
   vocab_path = os.path.join(path, manifest["vocab"]["file"])
   if not os.path.isfile(vocab_path):
     raise PreparedDataError(f"vocabulary {vocab_path} is missing")
   if verify:
-    digest = atomic.sha256_file(vocab_path)
+    digest = fileio.sha256_file(vocab_path)
     if digest != manifest["vocab"]["sha256"]:
       raise PreparedDataError(f"vocabulary {vocab_path} has sha256 {digest}, the manifest says "
                               f"{manifest['vocab']['sha256']}")
+  entries = [(split, s) for split in SPLITS for s in manifest["splits"][split]["shards"]]
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(len(entries), os.cpu_count() or 1))) as pool:
+    loaded = list(pool.map(lambda e: _load_shard(path, e[1], dtype, verify), entries))
   streams = {}
   for split in SPLITS:
-    shards = [_load_shard(path, s, dtype, verify) for s in manifest["splits"][split]["shards"]]
+    shards = [t for (sp, _), t in zip(entries, loaded) if sp == split]
     tokens = shards[0] if len(shards) == 1 else np.concatenate(shards)
     if tokens.size == 0:
       raise PreparedDataError(f"{path}: split {split!r} has no tokens")
-    if verify and int(tokens.max()) >= manifest["vocab_size"]:
-      raise PreparedDataError(f"{path}: split {split!r} has id {int(tokens.max())} >= vocab_size "
-                              f"{manifest['vocab_size']}")
+    recorded = manifest["splits"][split].get("max_id")
+    if recorded is None or not verify:  # unrecorded, or the bytes were not checked against the hash
+      largest = max_id(tokens)
+      if largest >= manifest["vocab_size"]:
+        raise PreparedDataError(f"{path}: split {split!r} has token id {largest} >= vocab_size "
+                                f"{manifest['vocab_size']}: the data and its vocabulary do not match "
+                                "(bad data, not a training problem); re-run prepare")
     streams[split] = tokens
   return Prepared(train=streams["train"], validation=streams["validation"],
                   vocab_size=manifest["vocab_size"], vocab_path=vocab_path, manifest=manifest,
