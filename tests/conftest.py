@@ -10,3 +10,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_REPO, "cache", "jax_compile"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+# gs:// in tests is the loopback GCS emulator (tests/gcs_emulator.py). etils.epath picks its gs://
+# backend once per process (functools.cache) and would take tf.io.gfile, which has no endpoint
+# override, whenever TensorFlow is importable: make it gcsfs before anything touches a path.
+os.environ.setdefault("EPATH_USE_TF", "0")
