@@ -155,6 +155,6 @@ def load(source: Union[str, Source], mesh: Optional[Mesh], *, vocab_size: Option
   leaves = jax.tree_util.tree_leaves(params)
   mine = sum(s.data.nbytes for x in leaves if isinstance(x, jax.Array) for s in x.addressable_shards
              if s.replica_id == 0)
-  logging.info("teacher %s (%s) read: process %d holds %d of %d bytes", found.where, found.format,
+  logging.info("teacher %s (%s) restored in shards: process %d holds %d of %d bytes", found.where, found.format,
                jax.process_index(), mine, sum(x.nbytes for x in leaves))
   return params, found.config
