@@ -111,6 +111,13 @@ def _is_disk_full(e: BaseException) -> bool:
   return False
 
 
+def older_step_hint(mngr: ocp.CheckpointManager, step: int) -> str:
+  """How to resume from an older step than a bad `step` (the command-line spelling that works)."""
+  older = sorted(s for s in mngr.all_steps() if s < step)
+  return (f"restore an older step with --gin.config.CheckpointConfig.restore_step={older[-1]} "
+          f"(available: {older})" if older else "no older step is available")
+
+
 def _verify(tree, expected: Optional[dict], item: str, step: int, mngr: ocp.CheckpointManager) -> None:
   if expected is None:
     return
@@ -118,9 +125,7 @@ def _verify(tree, expected: Optional[dict], item: str, step: int, mngr: ocp.Chec
   bad = sorted(k for k in expected if got.get(k) != expected[k])
   directory = mngr.directory
   if bad:
-    older = [s for s in mngr.all_steps() if s < step]
-    hint = (f"restore an older step with train.checkpoint=@CheckpointConfig(restore_step=...) "
-            f"(available: {sorted(older)})" if older else "no older step is available")
+    hint = older_step_hint(mngr, step)
     raise CheckpointError(f"checkpoint step {step} in {directory}: {item}/{bad[0]} does not match its saved "
                           f"checksum ({len(bad)} array(s) corrupt on disk); {hint}")
 
@@ -137,7 +142,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_op
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # orbax raises many types for truncated / corrupt files
     raise CheckpointError(f"checkpoint step {step} in {mngr.directory} is corrupt or incomplete, or of "
-                          f"another model: {type(e).__name__}: {str(e)[:300]}") from e
+                          f"another model ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
+                          f"{older_step_hint(mngr, step)}") from e
   sums = restored["meta"].get("checksums", {})
   _verify(restored["params"], sums.get("params"), "params", step, mngr)
   if abstract_opt_state is not None:
@@ -156,8 +162,9 @@ def _read_meta(mngr: ocp.CheckpointManager, step: Optional[int], where: str) -> 
   try:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   except Exception as e:
-    raise CheckpointError(f"checkpoint step {step} in {mngr.directory} has unreadable metadata: "
-                          f"{type(e).__name__}: {str(e)[:300]}") from e
+    raise CheckpointError(f"checkpoint step {step} in {mngr.directory} has unreadable metadata "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
+                          f"{older_step_hint(mngr, step)}") from e
 
 
 def read_meta(model_dir: str, step: Optional[int] = None) -> dict:
@@ -204,6 +211,9 @@ def agreed_step(mngr: ocp.CheckpointManager, restore_step: Optional[int] = None)
   step = -1
   if jax.process_index() == 0:
     steps = mngr.all_steps()
+    if restore_step is not None and not steps:
+      raise CheckpointError(f"CheckpointConfig.restore_step={restore_step}, but {os.path.dirname(mngr.directory)} "
+                            "holds no checkpoints (a mistyped MODEL_DIR?)")
     if restore_step is not None:
       if restore_step not in steps:
         raise CheckpointError(f"CheckpointConfig.restore_step={restore_step} is not a checkpoint "

@@ -35,7 +35,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from guide_jax import checkpoints, gin_utils, metrics, runlock, sharding, starts, teachers, trainer
+from guide_jax import checkpoints, cli, gin_utils, metrics, runlock, sharding, starts, teachers, trainer
 from guide_jax.config import CheckpointConfig, DataConfig, ModelConfig, TeacherConfig
 from guide_jax.data import atomic
 
@@ -57,7 +57,8 @@ def maybe_initialize_distributed() -> None:
 
 
 def check_run_args(model: ModelConfig, optimizer, train_steps: int, start, teacher: TeacherConfig,
-                   data: DataConfig, checkpoint: CheckpointConfig) -> None:
+                   data: DataConfig, checkpoint: CheckpointConfig, eval_every: int, log_every: int,
+                   model_parallel: int, num_devices: Optional[int]) -> None:
   """That every argument is of its kind (the configs checked their own fields when built)."""
   for name, value, kind in (("model", model, ModelConfig), ("teacher", teacher, TeacherConfig),
                             ("data", data, DataConfig), ("checkpoint", checkpoint, CheckpointConfig)):
@@ -69,6 +70,12 @@ def check_run_args(model: ModelConfig, optimizer, train_steps: int, start, teach
                      "(bind train.optimizer = @optim.make_optimizer())")
   if not isinstance(train_steps, int) or isinstance(train_steps, bool) or train_steps < 1:
     raise ValueError(f"TRAIN_STEPS must be a positive int, got {train_steps!r}")
+  for name, value in (("eval_every", eval_every), ("log_every", log_every), ("model_parallel", model_parallel)):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"train.{name} must be a positive int, got {value!r}")
+  if num_devices is not None and not 1 <= num_devices <= len(jax.devices()):
+    raise ValueError(f"train.num_devices={num_devices!r}, but this host has {len(jax.devices())} "
+                     f"{jax.devices()[0].platform} device(s)")
   if data.batch_size % jax.process_count():
     raise ValueError(f"BATCH_SIZE {data.batch_size} must divide by the process count {jax.process_count()}")
   starts.describe(start)  # made by a starts factory
@@ -148,7 +155,8 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   saving: results.json then says finished=false with the error and the last good step.
   """
   # ----------------------------------------------------------------------------- checks
-  check_run_args(model, optimizer, train_steps, start, teacher, data, checkpoint)
+  check_run_args(model, optimizer, train_steps, start, teacher, data, checkpoint, eval_every, log_every,
+                 model_parallel, num_devices)
   init_name, init_options = starts.describe(start)
   run_meta = {"data": data.data_dir or data.corpus, "seq_len": data.seq_len, "batch_size": data.batch_size,
               "seed": seed, "init": init_name, "start": init_options,
@@ -238,9 +246,12 @@ def _loop(run: Run, state: TrainState) -> dict:
 
   def fail(step, what):
     last = run.mngr.latest_step()
+    where = (f"The last good checkpoint is step {last}: lower the learning rate or fix the data and "
+             f"rerun to resume from it." if last is not None else
+             "No checkpoint was saved before it: lower the learning rate or fix the data and rerun "
+             "(the run starts again from step 0).")
     result = {"step": step, "finished": False, "last_good_step": last,
-              "error": f"{what} at step {step}; stopped without saving it. The last good checkpoint is "
-                       f"step {last}: lower the learning rate or fix the data and rerun to resume from it."}
+              "error": f"{what} at step {step}; stopped without saving it. {where}"}
     if jax.process_index() == 0:
       atomic.atomic_write_json(results_path, result)
     writer.close()
@@ -316,7 +327,7 @@ def main(argv):
 def run():
   """Entry point with t5x-style --gin.KEY=VALUE rewriting (the only place train's flags exist)."""
   gin_utils.define_flags()
-  app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))
+  app.run(lambda argv: cli.exit_on_error("guide_jax.train", main, argv), argv=gin_utils.rewrite_gin_args(sys.argv))
 
 
 if __name__ == "__main__":
