@@ -214,7 +214,7 @@ class Decoder(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens, segment_ids=None, positions=None, *, return_hidden=False):
+  def __call__(self, tokens, segment_ids=None, positions=None):
     cfg = self.config
     dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
     b, t = tokens.shape
@@ -233,17 +233,15 @@ class Decoder(nn.Module):
     layer_cls = DecoderLayer
     if cfg.remat != "none":
       layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat])
-    hidden = []
     for i in range(cfg.n_layers):
       x = layer_cls(cfg, name=f"layers_{i}")(x, mask, bias, positions)
-      hidden.append(x)
     y = RMSNorm(eps=cfg.norm_eps, dtype=jnp.float32, param_dtype=pdt, name="decoder_norm")(x)
     if cfg.tie_embeddings:
       logits = table.attend(y) / jnp.sqrt(jnp.float32(cfg.d_model))
     else:
       logits = Kernel(in_shape=(cfg.d_model,), out_shape=(cfg.vocab_size,), axes=("embed", "vocab"),
                       dtype=jnp.float32, param_dtype=pdt, name="logits_dense")(y)
-    return (logits, hidden) if return_hidden else logits
+    return logits
 
 
 class TokenEmbedder(nn.Module):
@@ -276,8 +274,8 @@ class Transformer(nn.Module):
   def setup(self):
     self.decoder = Decoder(self.config)
 
-  def __call__(self, tokens, segment_ids=None, positions=None, *, return_hidden=False):
-    return self.decoder(tokens, segment_ids, positions, return_hidden=return_hidden)
+  def __call__(self, tokens, segment_ids=None, positions=None):
+    return self.decoder(tokens, segment_ids, positions)
 
 
 def init_params(config: ModelConfig, rng: Array, *, boxed: bool = False):

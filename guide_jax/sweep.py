@@ -27,7 +27,7 @@ import gin
 import numpy as np
 import tqdm
 
-from guide_jax import fileio, gin_utils, metrics
+from guide_jax import cli, fileio, gin_utils, metrics
 from guide_jax.config import ModelConfig
 
 SETTINGS_FILE = "sweep_run.json"
@@ -173,7 +173,7 @@ def run_once(run_dir: str, gin_files, bindings, dry_run: bool = False, label: st
 
 
 def gap_reduction(ppl_baseline: float, ppl_method: float, ppl_teacher: float) -> float:
-  """(ppl_baseline - ppl_method) / (ppl_baseline - ppl_teacher), GUIDE_SPEC section 5."""
+  """(ppl_baseline - ppl_method) / (ppl_baseline - ppl_teacher), docs/algorithm.md section 5."""
   if ppl_baseline <= ppl_teacher:
     return float("nan")  # no gap to close: the teacher is not better than the baseline student
   return (ppl_baseline - ppl_method) / (ppl_baseline - ppl_teacher)
@@ -375,14 +375,13 @@ def main(argv):
     gin.get_configurable(sweep)(dry_run=flags.FLAGS.dry_run)  # registered by the gin file
   except TimeBudgetReached as e:
     print(f"{e}: progress is saved; run the same command again to continue")
-  except (ValueError, fileio.OutputLocationError) as e:  # bad input: one clear error, no traceback
-    sys.exit(f"guide_jax.sweep: error: {e}")
 
 
 def run():
+  gin_utils.define_flags()
   if "dry_run" not in flags.FLAGS:
     flags.DEFINE_bool("dry_run", False, "print the train commands instead of running them.")
-  app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))
+  app.run(lambda argv: cli.exit_on_error("guide_jax.sweep", main, argv), argv=gin_utils.rewrite_gin_args(sys.argv))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pytest
 
 import gcs_emulator
 from guide_jax import checkpoints, convert, fileio, metrics, runlock
-from guide_jax.data import prepared
+from guide_jax.data import prepare, prepared
 from test_train import CACHE, MICRO, REPO, losses, micro_bindings, run_train
 
 pytest.importorskip("gcsfs")
@@ -127,7 +127,7 @@ def test_guide_from_a_gcs_teacher_and_prepared_data_from_gcs(gcs, tmp_path):
   run_train(MICRO, micro_bindings(tmp_path / "teacher", steps=4, **teacher))
   assert losses("gs://bkt/teacher") == losses(tmp_path / "teacher")
   # The prepared data the micro runs use, uploaded to the bucket.
-  local_data = prepared.prepared_dir_for("shakespeare", CACHE, 2048)
+  local_data = prepare.prepared_dir_for("shakespeare", CACHE, 2048)
   for name in os.listdir(local_data):
     fileio.copy(os.path.join(local_data, name), f"gs://bkt/data/{name}")
   stage = tmp_path / "cache"

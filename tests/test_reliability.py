@@ -217,10 +217,10 @@ def test_a_real_full_disk_ends_the_log_with_the_cause(tmp_path):
 
 
 def _prepared_copy(tmp_path):
-  from guide_jax.data import prepared
+  from guide_jax.data import prepare, prepared
   from test_train import CACHE
   path = tmp_path / "data"
-  shutil.copytree(prepared.prepared_dir_for("shakespeare", CACHE, 2048), path)
+  shutil.copytree(prepare.prepared_dir_for("shakespeare", CACHE, 2048), path)
   return path, json.loads((path / prepared.MANIFEST).read_text())
 
 

@@ -1,4 +1,4 @@
-"""Minitron-style structured pruning (Muralidharan et al. 2024; Sreenivas et al. 2024; GUIDE_SPEC.md 7).
+"""Minitron-style structured pruning (Muralidharan et al. 2024; Sreenivas et al. 2024; docs/algorithm.md section 6).
 
 importance(): activation-based scores of the teacher's units on a small calibration batch, from one
 forward pass of guide_jax.model.Transformer itself (flax method interception reads the inputs and
@@ -36,13 +36,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from guide_jax import model, sharding
-from guide_jax.config import LAYER_SELECTIONS, ModelConfig
+from guide_jax.config import PRUNE_AGGREGATIONS as AGGREGATIONS, PRUNE_DEPTHS as DEPTHS, ModelConfig
 from guide_jax.transforms import validate
 from guide_jax.transforms.select import select_layers, uniform_indices
 from guide_jax.transforms.weight_selection import check_student, student_logits_kernel
 
-AGGREGATIONS = ("mean", "l2")
-DEPTHS = LAYER_SELECTIONS + ("importance",)
 ORDERS = ("index", "importance")
 _NORMS = ("pre_self_attention_layer_norm", "pre_mlp_layer_norm")
 _QKV = ("query", "key", "value")
@@ -144,7 +142,6 @@ def importance(teacher_params, teacher_config: ModelConfig, calibration_tokens, 
     raise ValueError(f"calibration batch {tokens.shape[0]} is not divisible by the mesh's data axis "
                      f"({mesh.shape['data']})")
   validate.check_tree(teacher_params, teacher_config, "teacher params")
-  validate.check_finite(teacher_params, "teacher params")
   teacher = validate.restrict(teacher_params, teacher_config)
   config = teacher_config.replace(dtype="float32", remat="none", attention_impl="xla")
   body = functools.partial(_importance, config=config, aggregation=aggregation)
@@ -265,7 +262,6 @@ def prune_init(teacher_params, teacher_config: ModelConfig, student_config: Mode
   """
   idx = prune_indices(importance, teacher_config, student_config, depth=depth, order=order)
   validate.check_tree(teacher_params, teacher_config, "teacher params")
-  validate.check_finite(teacher_params, "teacher params")
   teacher = validate.restrict(teacher_params, teacher_config)
   body = functools.partial(_prune, teacher_config=teacher_config, student_config=student_config,
                            teacher_layers=tuple(int(j) for j in idx.layers), head_dims=idx.head_dims)

@@ -1,4 +1,4 @@
-"""Weight Selection (Xu et al. 2023, "Initializing Models with Larger Ones"; GUIDE_SPEC.md sections 3, 7).
+"""Weight Selection (Xu et al. 2023, "Initializing Models with Larger Ones"; docs/algorithm.md sections 3, 6).
 
 Every student parameter, the embedding table included, is the teacher's uniformly selected along
 every axis (select.uniform_indices, axis by axis); attention kernels select whole heads and head
@@ -107,7 +107,6 @@ def weight_selection_init(teacher_params, teacher_config: ModelConfig, student_c
   check_student(teacher_config, student_config)
   select_layers(teacher_config.n_layers, student_config.n_layers, layer_selection)
   validate.check_tree(teacher_params, teacher_config, "teacher params")
-  validate.check_finite(teacher_params, "teacher params")
   teacher = validate.restrict(teacher_params, teacher_config)
   program, t_sh = _program(teacher_config, student_config, layer_selection, mesh)
   if t_sh is not None:
