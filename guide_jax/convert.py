@@ -151,6 +151,9 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
     t5x_compat.check_t5x_checkpoint(teacher_dir, teacher_config)
   check_dimensions(teacher_config, student_config)
   select_layers(teacher_config.n_layers, student_config.n_layers, guide.layer_selection)
+  if output_format == "t5x" and student_config.t5x_incompatibilities():
+    raise ValueError("--format=t5x: t5x's decoder-only network has no "
+                     + ", ".join(student_config.t5x_incompatibilities()) + " (the student's ModelConfig)")
   logging.info("teacher %s: %s", teacher_source, teacher_config)
   logging.info("student: %s", student_config)
 
