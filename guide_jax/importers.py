@@ -174,7 +174,7 @@ def _read(file: str, name: str, index=None) -> np.ndarray:
   try:
     with _safe_open(file) as f:
       sl = f.get_slice(name)
-      return np.asarray(sl[index] if index is not None else sl[:])
+      return np.array(sl[index] if index is not None else sl[:], copy=True)  # not a view of the mapping
   except SafetensorError as e:
     raise ValueError(f"cannot read tensor {name} from {file} (truncated or corrupt?): {e}") from e
 
@@ -390,14 +390,23 @@ def _tied(config: ModelConfig, headers) -> bool:
   return True
 
 
+def _transpose(arr: np.ndarray, block: int = 256) -> np.ndarray:
+  """arr.T [b, a] of a C-contiguous [a, b] array, copied in row blocks (a plain strided copy is
+  ~3-4x slower at [5632, 2048]; the same-width unsigned view keeps ml_dtypes' bf16 out of the loop)."""
+  bits = arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
+  out = np.empty(bits.shape[::-1], bits.dtype)
+  for start in range(0, bits.shape[0], block):
+    out[:, start:start + block] = bits[start:start + block].T
+  return out.view(arr.dtype)
+
+
 def _build(file: str, name: str, transposed: bool, dtype, shape, sharding):
   """One leaf: numpy (sharding None) or a global jax.Array whose addressable shards are read as
   slices of the tensor, each distinct slice once."""
   def read(index):
     index = tuple(index)
-    arr = _read(file, name, index[::-1] if transposed else index)
-    arr = arr.T if transposed else arr
-    return np.ascontiguousarray(arr.astype(dtype, copy=False))
+    arr = _read(file, name, index[::-1] if transposed else index).astype(dtype, copy=False)
+    return _transpose(arr) if transposed else arr
   if sharding is None:
     return read((slice(None),) * len(shape))
   cache: Dict[Any, np.ndarray] = {}

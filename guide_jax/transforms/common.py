@@ -175,13 +175,6 @@ def run_init(program, t_sh, teacher_params, teacher_config: ModelConfig, *extras
   return program(teacher, *extras)
 
 
-def check_inputs(teacher_params, teacher_config: ModelConfig, student_config: ModelConfig) -> None:
-  """The cheap input checks every init runs once: configs, and the teacher tree's keys, shapes and
-  dtypes (no pass over the values: the teacher's finiteness is checked where it is loaded)."""
-  check_configs(teacher_config, student_config)
-  validate.check_tree(teacher_params, teacher_config, "teacher params")
-
-
 def check_student(params, what: str) -> None:
   """The output check: raise ValueError if the student `what` made holds NaN or Inf."""
   validate.check_finite(params, f"the student {what} made (from a non-finite teacher?)")
