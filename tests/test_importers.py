@@ -174,9 +174,9 @@ def test_sharded_placement_reads_only_each_devices_slices(tmp_path, monkeypatch)
   from guide_jax import sharding
   path, cfg, t = checkpoint(tmp_path, "v5/llama_gqa_theta")
   reads = []
-  real = importers._read
-  monkeypatch.setattr(importers, "_read", lambda file, name, index=None: reads.append((name, index)) or
-                      real(file, name, index))
+  real = importers._read_leaf
+  monkeypatch.setattr(importers, "_read_leaf", lambda file, name, transposed, dtype, index:
+                      reads.append((name, index)) or real(file, name, transposed, dtype, index))
   mesh = sharding.make_mesh(model_parallel=4)
   params, config = importers.import_llama(path, mesh=mesh)
   want = sharding.param_shardings(config, mesh)
