@@ -9,16 +9,14 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+import jax
+import jax.numpy as jnp
+
+from guide_jax import gin_utils, model as model_lib
+from guide_jax.config import ModelConfig
+from guide_jax.data import atomic
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # `python benchmarks/x.py` as well as `python -m benchmarks.x`
-  sys.path.insert(0, REPO_ROOT)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from guide_jax import gin_utils, model as model_lib  # noqa: E402
-from guide_jax.config import ModelConfig  # noqa: E402
-from guide_jax.data import atomic  # noqa: E402
 
 MODELS_DIR = os.path.join(REPO_ROOT, "gin", "models")
 DEFAULT_VOCAB = 32768

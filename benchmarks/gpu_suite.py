@@ -24,7 +24,7 @@ import time
 if __package__ in (None, ""):  # `python benchmarks/gpu_suite.py`
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import common  # noqa: E402  (puts the repo root on sys.path)
+from benchmarks import common  # noqa: E402
 
 import gin  # noqa: E402
 

@@ -30,7 +30,7 @@ import time
 if __package__ in (None, ""):  # `python benchmarks/pca.py`
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import common  # noqa: E402  (puts the repo root on sys.path)
+from benchmarks import common  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

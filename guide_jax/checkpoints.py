@@ -5,18 +5,31 @@ checkpoint, e.g. guide_jax.convert's output). orbax writes each step into a temp
 and renames it when complete, so after a kill -9 the latest *listed* step is always a whole
 checkpoint. meta holds the step, the ModelConfig, the run's settings and a content checksum of
 every array, verified on restore: a bit flipped on disk is an error naming the array and step.
+
+A run holds ONE CheckpointManager (`manager`) for its MODEL_DIR; `resume` is the whole resume
+protocol (the step every process agrees on, the meta check, the restore, dropping later steps),
+as MaxText's checkpointing.load_state_if_possible.
 """
 import dataclasses
 import errno
 import os
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from guide_jax.config import ModelConfig
+
+# Settings a resumed run must share with its checkpoint (CheckpointConfig.allow_changed_run waives).
+RESUME_KEYS = ("data", "seq_len", "batch_size", "seed", "init", "start", "kd_alpha", "kd_tau")
+# ModelConfig fields that fix the param tree's shapes: a checkpoint differing in one is another model.
+SHAPE_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_dim", "tie_embeddings",
+              "position_embedding", "relpos_buckets", "param_dtype", "n_kv_heads", "qkv_bias", "out_bias",
+              "qk_norm", "post_norms")
 
 
 class CheckpointError(ValueError):
@@ -27,10 +40,12 @@ def checkpoint_dir(model_dir: str) -> str:
   return os.path.join(os.path.abspath(model_dir), "checkpoints")
 
 
-def manager(model_dir: str, *, keep: int = 2, create: bool = True,
-            params_only: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager over <model_dir>/checkpoints keeping the last `keep` steps."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create, enable_async_checkpointing=False)
+def manager(model_dir: str, *, keep: int = 2, params_only: bool = False) -> ocp.CheckpointManager:
+  """A CheckpointManager over <model_dir>/checkpoints keeping the last `keep` steps.
+
+  Creates nothing until the first save (reading a missing directory lists no steps).
+  """
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=False, enable_async_checkpointing=False)
   items = ("params", "meta") if params_only else ("params", "opt_state", "meta")
   return ocp.CheckpointManager(checkpoint_dir(model_dir), options=options, item_names=items)
 
@@ -137,43 +152,119 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_op
   return restored
 
 
-def read_meta(model_dir: str, step: Optional[int] = None) -> dict:
-  """The meta dict of a run's latest (or given) checkpoint, without loading any array."""
-  directory = checkpoint_dir(model_dir)
-  if not os.path.isdir(directory):
-    raise CheckpointError(f"no checkpoints under {model_dir!r} (expected {directory})")
-  mngr = manager(model_dir, create=False)
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointError(f"no complete checkpoint under {directory}")
-  if step not in mngr.all_steps():
-    raise CheckpointError(f"no checkpoint step {step} under {directory} (have {sorted(mngr.all_steps())})")
+def _read_meta(mngr: ocp.CheckpointManager, step: Optional[int], where: str) -> dict:
+  """The meta dict of `mngr`'s latest (or given) step, without loading any array."""
+  steps = mngr.all_steps()
+  if not steps:
+    raise CheckpointError(f"no checkpoints under {where!r} (expected {mngr.directory})")
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise CheckpointError(f"no checkpoint step {step} under {mngr.directory} (have {sorted(steps)})")
   try:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   except Exception as e:
-    raise CheckpointError(f"checkpoint step {step} in {directory} has unreadable metadata "
+    raise CheckpointError(f"checkpoint step {step} in {mngr.directory} has unreadable metadata "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
                           f"{older_step_hint(mngr, step)}") from e
 
 
-def read_config(model_dir: str, step: Optional[int] = None):
-  """(ModelConfig, step) of a run's latest (or given) checkpoint, without loading any array."""
-  meta = read_meta(model_dir, step)
+def read_meta(model_dir: str, step: Optional[int] = None) -> dict:
+  """The meta dict of a run's latest (or given) checkpoint, without loading any array."""
+  return _read_meta(manager(model_dir), step, model_dir)
+
+
+def _config(meta: dict, where: str):
   try:
     return ModelConfig(**meta["model_config"]), int(meta["step"])
   except (KeyError, TypeError, ValueError) as e:
-    raise CheckpointError(f"checkpoint in {model_dir} has no valid model_config: {e}") from e
+    raise CheckpointError(f"checkpoint in {where} has no valid model_config: {e}") from e
 
 
-def load_params(model_dir: str, shardings=None, step: Optional[int] = None):
-  """(params, ModelConfig) of a run (e.g. a teacher), restored straight onto `shardings` when given
-  (each process then reads only the bytes of its own shards)."""
-  from guide_jax import model  # local: keeps this module light for tools that only read metadata
-  config, step = read_config(model_dir, step)
-  shapes = model.param_shapes(config)
-  if shardings is not None:
-    shapes = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                    shapes, shardings)
-  mngr = manager(model_dir, create=False)
-  restored = restore(mngr, step, shapes)
+def read_config(model_dir: str, step: Optional[int] = None):
+  """(ModelConfig, step) of a run's latest (or given) checkpoint, without loading any array."""
+  return _config(read_meta(model_dir, step), model_dir)
+
+
+def load_params(model_dir: str, mesh=None, step: Optional[int] = None):
+  """(params, ModelConfig) of a run (e.g. a teacher or a params-only start), restored straight onto
+  the config's shardings on `mesh` when given (each process then reads only its own shards)."""
+  from guide_jax import sharding  # local: keeps this module light for tools that only read metadata
+  mngr = manager(model_dir)
+  config, step = _config(_read_meta(mngr, step, model_dir), model_dir)
+  restored = restore(mngr, step, sharding.abstract_params(config, mesh))
   return restored["params"], config
+
+
+# ----------------------------------------------------------------------------------------- resume
+class Restored(NamedTuple):
+  """A resumed run's state: the step it continues from, its params and optimizer state."""
+  step: int
+  params: Any
+  opt_state: Any
+
+
+def agreed_step(mngr: ocp.CheckpointManager, restore_step: Optional[int] = None) -> Optional[int]:
+  """The step this run resumes from (None: a fresh run), the same on every process.
+
+  Read from the listing by process 0 and broadcast, so that every process makes the same choice
+  (e.g. to load no teacher) and compiles the same collectives.
+  """
+  step = -1
+  if jax.process_index() == 0:
+    steps = mngr.all_steps()
+    if restore_step is not None and not steps:
+      raise CheckpointError(f"CheckpointConfig.restore_step={restore_step}, but {os.path.dirname(mngr.directory)} "
+                            "holds no checkpoints (a mistyped MODEL_DIR?)")
+    if restore_step is not None:
+      if restore_step not in steps:
+        raise CheckpointError(f"CheckpointConfig.restore_step={restore_step} is not a checkpoint "
+                              f"of {mngr.directory} (have {sorted(steps)})")
+      step = restore_step
+    elif steps:
+      step = max(steps)
+  if jax.process_count() > 1:
+    step = int(multihost_utils.broadcast_one_to_all(np.int32(step)))
+  return None if step < 0 else step
+
+
+def check_meta(meta: dict, model: ModelConfig, run_meta: dict, allow_changed: bool, where: str) -> None:
+  """Refuse to resume a checkpoint written by another model, or (unless allowed) other settings."""
+  step = meta.get("step")
+  defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+  saved_model = {**defaults, **meta.get("model_config", {})}  # fields added since: their defaults
+  mine = dataclasses.asdict(model)
+  diff = [f"{k}: checkpoint {saved_model.get(k)!r} != this run {mine[k]!r}" for k in mine
+          if saved_model.get(k) != mine[k]]
+  if any(saved_model.get(k) != mine[k] for k in SHAPE_KEYS):
+    raise ValueError(f"{where} holds a checkpoint (step {step}) of another model: " + "; ".join(diff)
+                     + ". Use a new MODEL_DIR for this model.")
+  changed = [f"{k}: checkpoint {meta.get(k)!r} != this run {run_meta[k]!r}" for k in RESUME_KEYS
+             if k in meta and k in run_meta and meta.get(k) != run_meta[k]] + diff
+  if changed and not allow_changed:
+    raise ValueError(f"{where} was started with other settings (step {step}): " + "; ".join(changed)
+                     + ". Resume with the same settings, use a new MODEL_DIR, or set "
+                     "CheckpointConfig.allow_changed_run = True to continue anyway.")
+  if changed:
+    logging.warning("resuming %s with changed settings: %s", where, "; ".join(changed))
+
+
+def resume(mngr: ocp.CheckpointManager, state, model: ModelConfig, run_meta: dict, *,
+           restore_step: Optional[int] = None, allow_changed: bool = False,
+           where: str = "MODEL_DIR") -> Optional[Restored]:
+  """The run's restored state, or None when `mngr` holds no checkpoint (a fresh run).
+
+  state: the abstract train state (trainer.AbstractState: sharded ShapeDtypeStructs of params and
+  opt_state). Picks the step every process agrees on (restore_step, else the latest), checks its
+  meta against this run (check_meta), restores onto the shardings (checksums verified) and, when
+  restore_step chose an older step, deletes the later ones: this run continues from there.
+  """
+  step = agreed_step(mngr, restore_step)
+  if step is None:
+    return None
+  check_meta(_read_meta(mngr, step, where), model, run_meta, allow_changed, where)
+  restored = restore(mngr, step, state.params, state.opt_state)
+  for later in sorted(s for s in mngr.all_steps() if s > step):
+    logging.warning("deleting checkpoint step %d of %s: this run continues from step %d", later, where, step)
+    mngr.delete(later)
+  logging.info("resumed %s at step %d", where, step)
+  return Restored(step, restored["params"], restored["opt_state"])

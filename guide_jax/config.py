@@ -1,7 +1,7 @@
 """ModelConfig (the shape of a decoder-only transformer) and GuideConfig (how GUIDE maps a teacher
 into it): frozen dataclasses, validated on construction."""
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 POSITION_EMBEDDINGS = ("rope", "relpos")
 MLP_ACTIVATIONS = ("gelu", "silu", "relu", "gelu_exact")  # gelu: tanh approximation; gelu_exact: erf
@@ -14,6 +14,8 @@ REMAT_POLICIES = ("none", "full", "dots")
 BLOCKS = ("first", "all", "none")
 OTHER_BLOCKS = ("uniform_selection", "random")
 LAYER_SELECTIONS = ("first_n", "uniform")
+PRUNE_AGGREGATIONS = ("mean", "l2")
+PRUNE_DEPTHS = LAYER_SELECTIONS + ("importance",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +219,7 @@ def _check_choice(name, value, choices, owner="ModelConfig"):
 
 @dataclasses.dataclass(frozen=True)
 class GuideConfig:
-  """How GUIDE maps a teacher into a student (GUIDE_SPEC.md sections 1-3; each field a [choice] knob).
+  """How GUIDE maps a teacher into a student (docs/algorithm.md; each field a [choice] knob).
 
   blocks: which student blocks get the PCA mapping: 'first' (the paper), 'all' or 'none'.
   other_blocks: how the remaining blocks start: 'uniform_selection' of the teacher's layer, or
@@ -261,9 +263,9 @@ class DataConfig:
   corpus: str = "shakespeare"
   data_dir: Optional[str] = None
   cache_dir: str = "cache"
-  vocab_size: int = 8000
+  vocab_size: int = 2048
   seq_len: int = 128
-  batch_size: int = 32
+  batch_size: int = 16
   eval_max_batches: Optional[int] = None
 
   def __post_init__(self):
@@ -275,16 +277,13 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-  """How the run saves and where it may start from.
+  """How the run saves and resumes (how a fresh run starts is train.start: guide_jax.starts).
 
-  init_params_dir: a params-only start (init order step 2): a guide_jax run or convert output
-    whose params (not its optimizer state or step) seed this run.
   restore_step: resume from this step instead of the latest (e.g. when the latest is corrupt).
   allow_changed_run: resume even when this run's settings differ from the checkpoint's.
   """
   save_every: int = 200
   keep: int = 2
-  init_params_dir: Optional[str] = None
   restore_step: Optional[int] = None
   allow_changed_run: bool = False
 
@@ -301,8 +300,9 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
-  """The teacher (a guide_jax run dir) for GUIDE init and/or KD; kd_alpha = 0 runs no teacher forward."""
-  teacher_dir: Optional[str] = None
+  """The KD teacher (a path or guide_jax.teachers.Source); kd_alpha = 0 loads and runs no teacher.
+  (A start that reads a teacher names its own: starts.guide.teacher; the same source is read once.)"""
+  teacher_dir: Optional[Any] = None
   kd_alpha: float = 0.0
   kd_tau: float = 1.0
 
@@ -314,11 +314,13 @@ class TeacherConfig:
     if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_tau <= 0:
       raise ValueError(f"TeacherConfig needs 0 <= kd_alpha <= 1 and kd_tau > 0, got alpha={self.kd_alpha}, "
                        f"tau={self.kd_tau}")
+    if self.kd_alpha > 0 and not self.teacher_dir:
+      raise ValueError("TeacherConfig.teacher_dir (TEACHER_DIR) is required for kd_alpha > 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class PruneConfig:
-  """Minitron-style pruning init (train.init = 'prune'; GUIDE_SPEC.md section 7).
+  """Minitron-style pruning init (starts.prune; docs/algorithm.md, comparison inits).
 
   calibration_batches: training batches (steps 0..k-1 of the run's stream) the teacher's
     activations are measured on. aggregation: 'mean' or 'l2' over batch and sequence.
@@ -329,7 +331,17 @@ class PruneConfig:
   depth: str = "first_n"
 
   def __post_init__(self):
-    _check_choice("aggregation", self.aggregation, ("mean", "l2"), "PruneConfig")
-    _check_choice("depth", self.depth, ("first_n", "uniform", "importance"), "PruneConfig")
+    _check_choice("aggregation", self.aggregation, PRUNE_AGGREGATIONS, "PruneConfig")
+    _check_choice("depth", self.depth, PRUNE_DEPTHS, "PruneConfig")
     if not isinstance(self.calibration_batches, int) or self.calibration_batches < 1:
       raise ValueError(f"PruneConfig.calibration_batches must be a positive int, got {self.calibration_batches!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSelectionConfig:
+  """Weight Selection init (starts.weight_selection; Xu et al. 2023). layer_selection: which teacher
+  layer feeds each student layer, 'first_n' (Xu et al.) or 'uniform'."""
+  layer_selection: str = "first_n"
+
+  def __post_init__(self):
+    _check_choice("layer_selection", self.layer_selection, LAYER_SELECTIONS, "WeightSelectionConfig")

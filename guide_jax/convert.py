@@ -4,21 +4,22 @@ r"""Build a GUIDE-initialized student checkpoint from a teacher checkpoint, offl
       --output_dir=runs/student_init [--format=guide_jax|t5x] [--blocks=first] [--other_blocks=...] \
       [--layer_selection=first_n] [--center] [--seed=0] [--gin.VOCAB_SIZE=2048] [--overwrite]
 
-Teacher: a guide_jax run directory (orbax layout of guide_jax.checkpoints; its ModelConfig is read
-from the checkpoint), or with --teacher_format=t5x a t5x checkpoint (<dir>/checkpoint_<step>, or
-the model dir for its latest step) whose shape is given by --teacher_gin (a gin file defining
-MODEL = @config.ModelConfig(), like gin/t5x/teacher.gin) and --teacher_gin_bindings.
-The teacher is restored in shards onto a mesh over all devices and mapped by the compiled
-guide_init: no device or host holds more than its shards of it.
+Teacher: any guide_jax.teachers source, its format detected (or --teacher_format): a guide_jax run
+directory (its ModelConfig is read from the checkpoint), or a t5x checkpoint (<dir>/checkpoint_<step>,
+or the model dir for its latest step; legacy msgpack checkpoints need t5x importable) whose shape is
+given by --teacher_gin (a gin file defining MODEL = @config.ModelConfig(), like gin/t5x/teacher.gin)
+and --teacher_gin_bindings. teachers.load restores it in shards onto a mesh over all devices and the
+compiled guide_init maps it: no device or host holds more than its shards of it.
 Student: --student_gin (same kind of gin file) plus --gin.KEY=VALUE bindings; VOCAB_SIZE defaults
 to the teacher's vocabulary size, and a VOCAB_SIZE binding is applied to a t5x teacher's gin too.
 Output (--format):
   guide_jax: <output_dir>/checkpoints/0/{params, meta}: a params-only guide_jax checkpoint; start a
-             run from it with --gin.INIT_PARAMS_DIR="'<output_dir>'" (the run's own optimizer starts fresh).
+             run from it with --gin_file=gin/init_params.gin --gin.INIT_PARAMS_DIR="'<output_dir>'"
+             (starts.params: the run's own optimizer starts fresh).
   t5x:       <output_dir>/checkpoint_0/state/ (guide_jax.t5x_compat.write_t5x_checkpoint).
   Both also get <output_dir>/guide_info.json (configs, options, explained variance).
-Every check (flags, teacher present and complete and matching its config, student config valid and
-no larger than the teacher, output free unless --overwrite) runs before any compute or write. The
+Every check (flags, output free unless --overwrite, teacher present and complete and matching its
+config, student config valid and no larger than the teacher) runs before any compute or write. The
 output is built in a temporary sibling directory and moved into place when complete.
 """
 import dataclasses
@@ -33,19 +34,19 @@ from typing import Optional
 from absl import app, flags, logging
 import jax
 
-from guide_jax import checkpoints, cli, gin_utils, sharding, t5x_compat
+from guide_jax import checkpoints, cli, gin_utils, sharding, t5x_compat, teachers
 from guide_jax.config import BLOCKS, LAYER_SELECTIONS, OTHER_BLOCKS, GuideConfig, ModelConfig
 from guide_jax.data import atomic
-from guide_jax.transforms import check_dimensions, guide_init
-from guide_jax.transforms.select import select_layers
+from guide_jax.transforms import guide_init
 
 FORMATS = ("guide_jax", "t5x")
 INFO_FILE = "guide_info.json"
 
 
 def define_flags() -> None:
-  """Define the CLI flags at run(), once per process (the student's --gin_bindings is gin_utils'
-  shared flag)."""
+  """Define the CLI flags at run(), once per process. GUIDE's option flags are GuideConfig's fields
+  with GuideConfig's defaults (spelled there only); --gin_bindings is gin_utils' shared flag."""
+  gin_utils.define_flags()
   def define(kind, name, default, help_text, **kw):
     if name in flags.FLAGS:
       return
@@ -55,20 +56,25 @@ def define_flags() -> None:
       getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
 
   define("string", "teacher_dir", None, "Teacher: guide_jax run dir, or t5x checkpoint (--teacher_format=t5x).")
-  define("enum", "teacher_format", "guide_jax", "Teacher checkpoint format.", enum_values=list(FORMATS))
+  define("enum", "teacher_format", None, "Teacher checkpoint format (default: detected from the path).",
+         enum_values=list(teachers.FORMATS))
   define("string", "teacher_gin", None, "t5x teacher only: gin file defining MODEL = @ModelConfig().")
   define("multi_string", "teacher_gin_bindings", [], "t5x teacher only: gin bindings for --teacher_gin.")
   define("integer", "teacher_step", None, "guide_jax teacher: checkpoint step (default: latest).")
   define("string", "student_gin", None, "Student gin file defining MODEL = @ModelConfig().")
   define("string", "output_dir", None, "Where to write the student checkpoint.")
   define("enum", "format", "guide_jax", "Output checkpoint format.", enum_values=list(FORMATS))
-  define("enum", "blocks", "first", "Blocks given the PCA mapping.", enum_values=list(BLOCKS))
-  define("enum", "other_blocks", "uniform_selection", "How the other blocks start.",
-         enum_values=list(OTHER_BLOCKS))
-  define("enum", "layer_selection", "first_n", "Teacher layer for each student layer.",
-         enum_values=list(LAYER_SELECTIONS))
-  define("boolean", "center", False, "Student table (E_T - mu) M instead of E_T M.")
-  define("integer", "seed", 0, "PRNG seed for the parts that start at random.")
+  defaults = GuideConfig()
+  choices = {"blocks": BLOCKS, "other_blocks": OTHER_BLOCKS, "layer_selection": LAYER_SELECTIONS}
+  for field in dataclasses.fields(GuideConfig):
+    default = getattr(defaults, field.name)
+    help_text = f"GuideConfig.{field.name} (docs/algorithm.md)."
+    if field.name in choices:
+      define("enum", field.name, default, help_text, enum_values=list(choices[field.name]))
+    elif isinstance(default, bool):
+      define("boolean", field.name, default, help_text)
+    else:
+      define("integer", field.name, default, help_text)
   define("boolean", "overwrite", False, "Replace a checkpoint already in --output_dir.")
 
 
@@ -114,59 +120,44 @@ def _move_into_place(tmp: str, output_dir: str) -> None:
 
 def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
             guide: GuideConfig = GuideConfig(), output_format: str = "guide_jax",
-            teacher_format: str = "guide_jax", teacher_config: Optional[ModelConfig] = None,
+            teacher_format: Optional[str] = None, teacher_config: Optional[ModelConfig] = None,
             teacher_step: Optional[int] = None, overwrite: bool = False) -> dict:
   """Teacher checkpoint -> GUIDE student checkpoint in output_dir. Returns the guide_info dict.
 
+  teacher_format: a guide_jax.teachers format ('guide_jax', 't5x'), or None to detect it.
   teacher_config: required for a t5x teacher (a guide_jax checkpoint carries its own).
   Raises ValueError (checkpoints.CheckpointError / t5x_compat.T5xCheckpointError are ValueErrors)
-  naming the problem, before anything is computed or written. Touches no gin state.
+  naming the problem: the paths and the teacher's metadata are checked before any array is read,
+  the student's dimensions (by guide_init) before any compute, everything before any write.
+  Touches no gin state.
   """
   # 1. Arguments and paths.
-  for name, value, choices in (("format", output_format, FORMATS), ("teacher_format", teacher_format, FORMATS)):
-    if value not in choices:
-      raise ValueError(f"--{name} must be one of {choices}, got {value!r}")
+  if output_format not in FORMATS:
+    raise ValueError(f"--format must be one of {FORMATS}, got {output_format!r}")
   if not isinstance(guide, GuideConfig) or not isinstance(student_config, ModelConfig):
     raise ValueError("convert needs a GuideConfig and a student ModelConfig")
+  if output_format == "t5x" and student_config.t5x_incompatibilities():
+    raise ValueError("--format=t5x: t5x's decoder-only network has no "
+                     + ", ".join(student_config.t5x_incompatibilities()) + " (the student's ModelConfig)")
   for name, value in (("teacher_dir", teacher_dir), ("output_dir", output_dir)):
     if not value:
       raise ValueError(f"--{name} is required")
   if not os.path.isdir(teacher_dir):
     raise ValueError(f"teacher_dir {teacher_dir!r} does not exist")
   _check_output(output_dir, output_format, overwrite, teacher_dir)
+  source = teachers.Source(teacher_dir, format=teacher_format, config=teacher_config, step=teacher_step)
 
-  # 2. Teacher: present, complete, matching its config; the student no larger.
-  if teacher_format == "guide_jax":
-    if teacher_config is not None:
-      raise ValueError("a guide_jax teacher checkpoint carries its ModelConfig: give --teacher_gin only "
-                       "with --teacher_format=t5x")
-    teacher_config, teacher_step = checkpoints.read_config(teacher_dir, teacher_step)
-    teacher_source = f"{checkpoints.checkpoint_dir(teacher_dir)}/{teacher_step}"
-  else:
-    if teacher_config is None:
-      raise ValueError("--teacher_format=t5x needs --teacher_gin (a gin file defining MODEL)")
-    if teacher_step is not None:
-      raise ValueError("--teacher_step is for guide_jax teachers; point --teacher_dir at checkpoint_<step>")
-    teacher_source = os.path.dirname(t5x_compat.find_t5x_checkpoint(teacher_dir))
-    t5x_compat.check_t5x_checkpoint(teacher_dir, teacher_config)
-  check_dimensions(teacher_config, student_config)
-  select_layers(teacher_config.n_layers, student_config.n_layers, guide.layer_selection)
-  if output_format == "t5x" and student_config.t5x_incompatibilities():
-    raise ValueError("--format=t5x: t5x's decoder-only network has no "
-                     + ", ".join(student_config.t5x_incompatibilities()) + " (the student's ModelConfig)")
-  logging.info("teacher %s: %s", teacher_source, teacher_config)
-  logging.info("student: %s", student_config)
-
-  # 3. Compute (only now): the teacher restored in shards, GUIDE compiled on the same mesh.
+  # 2. The teacher, read in shards onto a mesh over all devices (teachers.load: every check of its
+  #    metadata first, the finiteness pass after), then GUIDE compiled on the same mesh.
   mesh = sharding.make_mesh(model_parallel=jax.device_count())
-  t_sh = sharding.param_shardings(teacher_config, mesh)
-  if teacher_format == "guide_jax":
-    teacher_params, _ = checkpoints.load_params(teacher_dir, t_sh, step=teacher_step)
-  else:
-    teacher_params = t5x_compat.load_t5x_params(teacher_dir, teacher_config, t_sh)
+  found = teachers.describe(source, vocab_size=student_config.vocab_size)
+  logging.info("teacher %s: %s", found.where, found.config)
+  logging.info("student: %s", student_config)
+  teacher_params, teacher_config = teachers.load(source, mesh, vocab_size=student_config.vocab_size)
   params, info = guide_init(teacher_params, teacher_config, student_config, guide, mesh=mesh)
+  del teacher_params
   guide_info = {"explained_variance": info.explained_variance, "teacher_layers": list(info.teacher_layers),
-                "guide": dataclasses.asdict(guide), "teacher": teacher_source, "teacher_format": teacher_format,
+                "guide": dataclasses.asdict(guide), "teacher": found.where, "teacher_format": found.format,
                 "format": output_format, "teacher_config": dataclasses.asdict(teacher_config),
                 "student_config": dataclasses.asdict(student_config)}
   logging.info("GUIDE: explained variance %.4f, teacher layers %s", info.explained_variance,
@@ -185,7 +176,7 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
       mngr = checkpoints.manager(tmp, keep=1, params_only=True)
       checkpoints.save(mngr, 0, params, None, student_config, force=True,
                        extra={"init": "guide", "explained_variance": info.explained_variance,
-                              "teacher": teacher_source})
+                              "teacher": found.where})
       mngr.close()
     else:
       t5x_compat.write_t5x_checkpoint(tmp, params, student_config, step=0)
@@ -204,20 +195,16 @@ def main(argv):
   try:
     if not f.student_gin:
       raise ValueError("--student_gin is required")
-    guide = GuideConfig(blocks=f.blocks, other_blocks=f.other_blocks, layer_selection=f.layer_selection,
-                        center=f.center, seed=f.seed)
+    guide = GuideConfig(**{field.name: getattr(f, field.name) for field in dataclasses.fields(GuideConfig)})
     teacher_config, vocab = None, [b for b in f.gin_bindings if _VOCAB_BINDING.match(b)]
-    if f.teacher_format == "t5x":
-      if not f.teacher_gin:
-        raise ValueError("--teacher_format=t5x needs --teacher_gin (a gin file defining MODEL)")
+    if f.teacher_gin:
       teacher_config = gin_utils.model_from_gin(f.teacher_gin, [*vocab, *f.teacher_gin_bindings])
-      vocab_size = teacher_config.vocab_size
-    elif f.teacher_gin or f.teacher_gin_bindings:
-      raise ValueError("--teacher_gin / --teacher_gin_bindings are for --teacher_format=t5x only (a "
-                       "guide_jax checkpoint carries its ModelConfig)")
-    else:
-      vocab_size = checkpoints.read_config(f.teacher_dir, f.teacher_step)[0].vocab_size if f.teacher_dir else 0
+    elif f.teacher_gin_bindings:
+      raise ValueError("--teacher_gin_bindings needs --teacher_gin")
+    source = teachers.Source(f.teacher_dir, format=f.teacher_format, config=teacher_config,
+                             step=f.teacher_step) if f.teacher_dir else None
     # VOCAB_SIZE defaults to the teacher's; model gins read it as a macro.
+    vocab_size = teachers.describe(source).config.vocab_size if source else 0
     student_config = gin_utils.model_from_gin(f.student_gin, [f"VOCAB_SIZE = {vocab_size}", *f.gin_bindings])
     info = convert(f.teacher_dir, student_config, f.output_dir, guide=guide, output_format=f.format,
                    teacher_format=f.teacher_format, teacher_config=teacher_config,

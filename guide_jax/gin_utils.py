@@ -15,8 +15,15 @@ from typing import List, Sequence
 from absl import flags
 import gin
 
-flags.DEFINE_multi_string("gin_file", [], "gin files, in order (t5x style).")
-flags.DEFINE_multi_string("gin_bindings", [], "gin bindings; --gin.KEY=VALUE is rewritten to these.")
+
+
+def define_flags() -> None:
+  """Define --gin_file and --gin_bindings (t5x's names) in absl's FLAGS, once: called by each CLI's
+  run(), never at import (importing guide_jax defines no flag, e.g. inside a t5x process)."""
+  if "gin_file" not in flags.FLAGS:
+    flags.DEFINE_multi_string("gin_file", [], "gin files, in order (t5x style).")
+  if "gin_bindings" not in flags.FLAGS:
+    flags.DEFINE_multi_string("gin_bindings", [], "gin bindings; --gin.KEY=VALUE is rewritten to these.")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A top-level macro binding (`NAME = value`: no dot, no scope), in a gin file or a --gin.NAME binding.

@@ -1,4 +1,4 @@
-"""Losses: token cross-entropy and the GUIDE_SPEC section 4 distillation objective (optax)."""
+"""Losses: token cross-entropy and the distillation objective (docs/algorithm.md section 4) (optax)."""
 import jax
 import jax.numpy as jnp
 import optax

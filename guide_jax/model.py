@@ -286,7 +286,7 @@ class Decoder(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens, segment_ids=None, positions=None, *, return_hidden=False):
+  def __call__(self, tokens, segment_ids=None, positions=None):
     cfg = self.config
     dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
     b, t = tokens.shape
@@ -315,11 +315,9 @@ class Decoder(nn.Module):
     layer_cls = DecoderLayer
     if cfg.remat != "none":
       layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat])
-    hidden = []
     for i in range(cfg.n_layers):
       kind = cfg.layer_kind(i)
       x = layer_cls(cfg, name=f"layers_{i}")(x, masks[kind], bias, positions, freqs[kind])
-      hidden.append(x)
     y = RMSNorm(eps=cfg.norm_eps, dtype=jnp.float32, param_dtype=pdt, offset=cfg.norm_offset,
                 name="decoder_norm")(x)
     if cfg.tie_embeddings:
@@ -331,7 +329,7 @@ class Decoder(nn.Module):
                       dtype=jnp.float32, param_dtype=pdt, name="logits_dense")(y)
     if cfg.final_logit_softcap is not None:
       logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
-    return (logits, hidden) if return_hidden else logits
+    return logits
 
 
 class TokenEmbedder(nn.Module):
@@ -364,8 +362,8 @@ class Transformer(nn.Module):
   def setup(self):
     self.decoder = Decoder(self.config)
 
-  def __call__(self, tokens, segment_ids=None, positions=None, *, return_hidden=False):
-    return self.decoder(tokens, segment_ids, positions, return_hidden=return_hidden)
+  def __call__(self, tokens, segment_ids=None, positions=None):
+    return self.decoder(tokens, segment_ids, positions)
 
 
 def init_params(config: ModelConfig, rng: Array, *, boxed: bool = False):

@@ -83,3 +83,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def rows_sharding(mesh: Mesh) -> NamedSharding:
   """[V, d] tables with the row (vocab) axis split over every mesh axis."""
   return NamedSharding(mesh, P(tuple(mesh.axis_names), None))
+
+
+def abstract_params(config, mesh: Optional[Mesh] = None, dtypes=None):
+  """A config's params as jax.ShapeDtypeStructs (no memory) on their logical-axis shardings.
+
+  The one place a sharded abstract param tree is built (the train state, checkpoint restores,
+  t5x reads). mesh=None: unsharded structs. dtypes: a matching tree of dtypes (e.g. a
+  checkpoint's stored dtypes) replacing the config's.
+  """
+  shapes = model.param_shapes(config)
+  if dtypes is None:
+    dtypes = jax.tree_util.tree_map(lambda s: s.dtype, shapes)
+  if mesh is None:
+    return jax.tree_util.tree_map(lambda s, d: jax.ShapeDtypeStruct(s.shape, d), shapes, dtypes)
+  return jax.tree_util.tree_map(lambda s, d, sh: jax.ShapeDtypeStruct(s.shape, d, sharding=sh), shapes, dtypes,
+                                param_shardings(config, mesh))

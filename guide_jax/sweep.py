@@ -123,7 +123,7 @@ def run_once(run_dir: str, gin_files, bindings, dry_run: bool = False, label: st
 
 
 def gap_reduction(ppl_baseline: float, ppl_method: float, ppl_teacher: float) -> float:
-  """(ppl_baseline - ppl_method) / (ppl_baseline - ppl_teacher), GUIDE_SPEC section 5."""
+  """(ppl_baseline - ppl_method) / (ppl_baseline - ppl_teacher), docs/algorithm.md section 5."""
   if ppl_baseline <= ppl_teacher:
     return float("nan")  # no gap to close: the teacher is not better than the baseline student
   return (ppl_baseline - ppl_method) / (ppl_baseline - ppl_teacher)
@@ -297,6 +297,7 @@ def main(argv):
 
 
 def run():
+  gin_utils.define_flags()
   if "dry_run" not in flags.FLAGS:
     flags.DEFINE_bool("dry_run", False, "print the train commands instead of running them.")
   app.run(lambda argv: cli.exit_on_error("guide_jax.sweep", main, argv), argv=gin_utils.rewrite_gin_args(sys.argv))

@@ -3,13 +3,14 @@ r"""Pretrain a model (teacher or student), optionally GUIDE-initialized and/or d
   python -m guide_jax.train --gin_file=gin/runs/pretrain.gin --gin_file=gin/models/tiny_student.gin \
       --gin.MODEL_DIR="'runs/student'" --gin.TRAIN_STEPS=300
 
-Init order (the first that applies wins; t5x/train.py and MaxText's base.yml keep the same list):
-  1. resume: MODEL_DIR holds a checkpoint -> its params, optimizer state and step.
-  2. params only: CheckpointConfig.init_params_dir (INIT_PARAMS_DIR) -> its params, a fresh
-     optimizer state, step 0 (guide_jax.convert's output works here).
-  3. from the teacher: train.init = 'guide' (guide_init, compiled and sharded), or the comparison
-     arms 'weight_selection' / 'prune' (GUIDE_SPEC.md section 7).
-  4. random: model.init_params(PRNGKey(seed)).
+train() reads: checks -> mesh -> data -> state = resume or start -> loop.
+  resume: MODEL_DIR holds a checkpoint -> its params, optimizer state and step
+    (checkpoints.resume: the step every process agrees on, the meta check, the restore).
+  start: otherwise train.start, a guide_jax.starts factory bound in gin (gin/runs/pretrain.gin:
+    @starts.random(); gin/guide.gin: @starts.guide(); gin/weight_selection.gin, gin/prune.gin,
+    gin/init_params.gin: @starts.params(), e.g. guide_jax.convert's output), with a fresh
+    optimizer state at step 0. t5x/train.py and MaxText keep the same order.
+The loop then takes one frozen Run (what it reads) and one TrainState (what it updates).
 
 Multi-process: set GUIDE_JAX_COORDINATOR=host:port, GUIDE_JAX_NUM_PROCESSES, GUIDE_JAX_PROCESS_ID
 (CPU/GPU clusters), or GUIDE_JAX_DISTRIBUTED=1 on Cloud TPU pods; jax.distributed is initialized
@@ -24,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from absl import app, flags, logging
 import gin
@@ -32,17 +33,11 @@ import jax
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
-from guide_jax import checkpoints, cli, gin_utils, metrics, runlock, sharding, trainer
-from guide_jax.config import (CheckpointConfig, DataConfig, GuideConfig, ModelConfig, PruneConfig,
-                              TeacherConfig)
+from guide_jax import checkpoints, cli, gin_utils, metrics, runlock, sharding, starts, teachers, trainer
+from guide_jax.config import CheckpointConfig, DataConfig, ModelConfig, TeacherConfig
 from guide_jax.data import atomic
-from guide_jax.transforms import check_dimensions, check_finite, guide_init, prune, weight_selection
-
-INITS = ("random", "guide", "weight_selection", "prune")
-TEACHER_INITS = ("guide", "weight_selection", "prune")  # starts made from the teacher
-# Settings a resumed run must share with its checkpoint (CheckpointConfig.allow_changed_run waives).
-RESUME_KEYS = ("data", "seq_len", "batch_size", "seed", "init", "kd_alpha", "kd_tau", "guide", "prune")
 
 
 def maybe_initialize_distributed() -> None:
@@ -61,139 +56,121 @@ def maybe_initialize_distributed() -> None:
                jax.device_count())
 
 
-def check_run_args(model: ModelConfig, optimizer, train_steps: int, init: str, guide: GuideConfig,
-                   teacher: TeacherConfig, data: DataConfig, checkpoint: CheckpointConfig) -> None:
-  """Every argument check that needs no file: one ValueError naming the problem."""
-  for name, value, kind in (("model", model, ModelConfig), ("guide", guide, GuideConfig),
-                            ("teacher", teacher, TeacherConfig), ("data", data, DataConfig),
-                            ("checkpoint", checkpoint, CheckpointConfig)):
+def check_run_args(model: ModelConfig, optimizer, train_steps: int, start, teacher: TeacherConfig,
+                   data: DataConfig, checkpoint: CheckpointConfig, eval_every: int, log_every: int,
+                   model_parallel: int, num_devices: Optional[int]) -> None:
+  """That every argument is of its kind (the configs checked their own fields when built)."""
+  for name, value, kind in (("model", model, ModelConfig), ("teacher", teacher, TeacherConfig),
+                            ("data", data, DataConfig), ("checkpoint", checkpoint, CheckpointConfig)):
     if not isinstance(value, kind):
       raise ValueError(f"train.{name} must be a {kind.__name__} (bind train.{name} = @config.{kind.__name__}()), "
                        f"got {type(value).__name__}")
   if not isinstance(optimizer, optax.GradientTransformation):
     raise ValueError("train.optimizer must be an optax GradientTransformation "
                      "(bind train.optimizer = @optim.make_optimizer())")
-  if not isinstance(train_steps, int) or train_steps < 1:
+  if not isinstance(train_steps, int) or isinstance(train_steps, bool) or train_steps < 1:
     raise ValueError(f"TRAIN_STEPS must be a positive int, got {train_steps!r}")
-  if data.batch_size % jax.process_count():
-    raise ValueError(f"BATCH_SIZE {data.batch_size} must divide by the process count {jax.process_count()}")
-  if init not in INITS:
-    raise ValueError(f"train.init must be one of {INITS}, got {init!r}")
-  if init in TEACHER_INITS and checkpoint.init_params_dir:
-    raise ValueError(f"train.init={init!r} and CheckpointConfig.init_params_dir are two starts: choose one")
-  if (init in TEACHER_INITS or teacher.kd_alpha > 0) and not teacher.teacher_dir:
-    raise ValueError(f"TeacherConfig.teacher_dir (TEACHER_DIR) is required for init={init!r} or kd_alpha > 0")
-
-
-def resume_step(model_dir: str, restore_step: Optional[int]) -> Optional[int]:
-  """The step this run resumes from (None: a fresh run), the same on every process.
-
-  Read from the checkpoint listing by process 0 and broadcast, so that every process makes the
-  same choice (e.g. to load no teacher) and compiles the same collectives.
-  """
-  step = -1
-  if (jax.process_index() == 0 and restore_step is not None
-      and not os.path.isdir(checkpoints.checkpoint_dir(model_dir))):
-    raise checkpoints.CheckpointError(f"CheckpointConfig.restore_step={restore_step}, but {model_dir} holds no "
-                                      "checkpoints (a mistyped MODEL_DIR?)")
-  if jax.process_index() == 0 and os.path.isdir(checkpoints.checkpoint_dir(model_dir)):
-    mngr = checkpoints.manager(model_dir, create=False)
-    steps = mngr.all_steps()
-    if restore_step is not None:
-      if restore_step not in steps:
-        raise checkpoints.CheckpointError(f"CheckpointConfig.restore_step={restore_step} is not a checkpoint "
-                                          f"of {model_dir} (have {sorted(steps)})")
-      step = restore_step
-    elif steps:
-      step = max(steps)
-  if jax.process_count() > 1:
-    step = int(multihost_utils.broadcast_one_to_all(np.int32(step)))
-  return None if step < 0 else step
-
-
-def check_resume(model_dir: str, step: int, model: ModelConfig, run_meta: dict, allow_changed: bool) -> None:
-  """Refuse to resume a checkpoint written by another model, or (unless allowed) other settings."""
-  meta = checkpoints.read_meta(model_dir, step)
-  defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-  saved_model = {**defaults, **meta.get("model_config", {})}  # fields added since: their defaults
-  mine = dataclasses.asdict(model)
-  diff = [f"{k}: checkpoint {saved_model.get(k)!r} != this run {mine[k]!r}" for k in mine
-          if saved_model.get(k) != mine[k] and k in ModelConfig.__dataclass_fields__]
-  shape_keys = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_dim", "tie_embeddings",
-                "position_embedding", "relpos_buckets", "param_dtype", "n_kv_heads", "qkv_bias", "out_bias",
-                "qk_norm", "post_norms")
-  if any(saved_model.get(k) != mine[k] for k in shape_keys):
-    raise ValueError(f"{model_dir} holds a checkpoint (step {step}) of another model: " + "; ".join(diff)
-                     + ". Use a new MODEL_DIR for this model.")
-  changed = [f"{k}: checkpoint {meta.get(k)!r} != this run {run_meta[k]!r}" for k in RESUME_KEYS
-             if k in meta and meta.get(k) != run_meta[k]] + diff
-  if changed and not allow_changed:
-    raise ValueError(f"{model_dir} was started with other settings (step {step}): " + "; ".join(changed)
-                     + ". Resume with the same settings, use a new MODEL_DIR, or set "
-                     "CheckpointConfig.allow_changed_run = True to continue anyway.")
-  if changed:
-    logging.warning("resuming %s with changed settings: %s", model_dir, "; ".join(changed))
-
-
-def load_teacher(teacher: TeacherConfig, model: ModelConfig, init: str, mesh):
-  """(params on their shardings, ModelConfig) of the teacher, checked before anything is written."""
-  teacher_config, _ = checkpoints.read_config(teacher.teacher_dir)
-  if teacher_config.vocab_size != model.vocab_size:
-    raise ValueError(f"teacher/student vocab mismatch: teacher vocab_size {teacher_config.vocab_size} != "
-                     f"student {model.vocab_size}")
-  if init in TEACHER_INITS:
-    check_dimensions(teacher_config, model)
-  params, _ = checkpoints.load_params(teacher.teacher_dir, sharding.param_shardings(teacher_config, mesh))
-  check_finite(params, f"teacher params ({teacher.teacher_dir})")
-  leaves = jax.tree_util.tree_leaves(params)
-  mine = sum(s.data.nbytes for x in leaves for s in x.addressable_shards if s.replica_id == 0)
-  logging.info("teacher restored in shards: process %d holds %d of %d bytes", jax.process_index(), mine,
-               sum(x.nbytes for x in leaves))
-  return params, teacher_config
-
-
-def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
-          optimizer: optax.GradientTransformation = gin.REQUIRED, train_steps: int = 1000,
-          init: str = "random", guide: GuideConfig = GuideConfig(), prune_config: PruneConfig = PruneConfig(),
-          teacher: TeacherConfig = TeacherConfig(),
-          data: DataConfig = DataConfig(), checkpoint: CheckpointConfig = CheckpointConfig(), seed: int = 0,
-          eval_every: int = 200, log_every: int = 20, model_parallel: int = 1,
-          num_devices: Optional[int] = None, stop_after: Optional[int] = None) -> dict:
-  """Train `model` for train_steps; returns (and writes model_dir/results.json) the final eval.
-
-  stop_after: end (with a checkpoint) after that many steps of this process, leaving the run
-  resumable (tests, preemptible jobs). A non-finite loss or parameter stops the run without
-  saving: results.json then says finished=false with the error and the last good step.
-  """
-  # ----------------------------------------------------------------------------- checks
-  check_run_args(model, optimizer, train_steps, init, guide, teacher, data, checkpoint)
   for name, value in (("eval_every", eval_every), ("log_every", log_every), ("model_parallel", model_parallel)):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ValueError(f"train.{name} must be a positive int, got {value!r}")
   if num_devices is not None and not 1 <= num_devices <= len(jax.devices()):
     raise ValueError(f"train.num_devices={num_devices!r}, but this host has {len(jax.devices())} "
                      f"{jax.devices()[0].platform} device(s)")
+  if data.batch_size % jax.process_count():
+    raise ValueError(f"BATCH_SIZE {data.batch_size} must divide by the process count {jax.process_count()}")
+  starts.describe(start)  # made by a starts factory
+
+
+class TrainState(NamedTuple):
+  """What the loop updates (flax lm1b's TrainState): the step reached, params, optimizer state."""
+  step: int
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What the loop reads, built once by train(): the compiled steps, the data, the checkpoint
+  manager, the schedule of logs / evals / saves, and the metadata every checkpoint records."""
+  model_dir: str
+  model: ModelConfig
+  mesh: Mesh
+  mngr: Any                      # the run's one orbax CheckpointManager
+  train_step: Callable           # (params, opt_state, batch, teacher_params) -> (params, opt_state, metrics)
+  eval_step: Callable
+  teacher_params: Any            # KD teacher on its shardings, or None (no teacher forward compiled)
+  batches: Any                   # batches.LMBatches: batch(step, index, count) -> this process's rows
+  eval_batches: Callable         # () -> iterable of this process's eval batches
+  feed: tuple                    # (index, count): which rows of each global batch this process feeds
+  train_steps: int
+  stop_after: Optional[int]
+  eval_every: int
+  log_every: int
+  save_every: int
+  tokens_per_step: int
+  run_meta: dict
+
+
+@contextlib.contextmanager
+def _run_dir(model_dir: str):
+  """Create model_dir and hold its lock (process 0) for the block. On an error, a model_dir this
+  run created and left empty is removed: a run that fails its checks writes nothing."""
+  created = not os.path.exists(model_dir)
+  os.makedirs(model_dir, exist_ok=True)
+  try:
+    with runlock.hold(model_dir) if jax.process_index() == 0 else contextlib.nullcontext():
+      yield
+  except BaseException:
+    if created and jax.process_index() == 0:
+      with contextlib.suppress(OSError):
+        os.rmdir(model_dir)  # only if empty
+    raise
+
+
+def _teacher_reader(mesh: Mesh, vocab_size: int):
+  """load_teacher(source) -> (params, ModelConfig) for one run: each source read (and checked) once,
+  whether a start or KD asks for it."""
+  read = {}
+
+  def load_teacher(source):
+    source = teachers.as_source(source)
+    if source not in read:
+      read[source] = teachers.load(source, mesh, vocab_size=vocab_size)
+    return read[source]
+  return load_teacher
+
+
+def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
+          optimizer: optax.GradientTransformation = gin.REQUIRED, train_steps: int = gin.REQUIRED,
+          start: starts.Start = gin.REQUIRED, teacher: TeacherConfig = TeacherConfig(),
+          data: DataConfig = DataConfig(), checkpoint: CheckpointConfig = CheckpointConfig(), seed: int = 0,
+          eval_every: int = 100, log_every: int = 20, model_parallel: int = 1,
+          num_devices: Optional[int] = None, stop_after: Optional[int] = None) -> dict:
+  """Train `model` for train_steps; returns (and writes model_dir/results.json) the final eval.
+
+  start: how a fresh run's params start (a guide_jax.starts factory's function). seed: the data
+  order (a random start has its own seed, starts.random.seed).
+  stop_after: end (with a checkpoint) after that many steps of this process, leaving the run
+  resumable (tests, preemptible jobs). A non-finite loss or parameter stops the run without
+  saving: results.json then says finished=false with the error and the last good step.
+  """
+  # ----------------------------------------------------------------------------- checks
+  check_run_args(model, optimizer, train_steps, start, teacher, data, checkpoint, eval_every, log_every,
+                 model_parallel, num_devices)
+  init_name, init_options = starts.describe(start)
+  run_meta = {"data": data.data_dir or data.corpus, "seq_len": data.seq_len, "batch_size": data.batch_size,
+              "seed": seed, "init": init_name, "start": init_options,
+              "kd_alpha": teacher.kd_alpha, "kd_tau": teacher.kd_tau}
+
+  # ----------------------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(model_parallel, jax.devices()[:num_devices] if num_devices else None)
   if data.batch_size % mesh.shape["data"]:
     raise ValueError(f"BATCH_SIZE {data.batch_size} must divide by the mesh's data axis ({mesh.shape['data']} "
                      f"= devices / model_parallel); set train.num_devices or train.model_parallel")
-  run_meta = {"data": data.data_dir or data.corpus, "seq_len": data.seq_len, "batch_size": data.batch_size,
-              "seed": seed, "init": "params" if checkpoint.init_params_dir else init,
-              "kd_alpha": teacher.kd_alpha, "kd_tau": teacher.kd_tau,
-              "guide": dataclasses.asdict(guide) if init in ("guide", "weight_selection") else None,
-              "prune": dataclasses.asdict(prune_config) if init == "prune" else None}
-  start = resume_step(model_dir, checkpoint.restore_step)
-  if start is not None:
-    check_resume(model_dir, start, model, run_meta, checkpoint.allow_changed_run)
-  if checkpoint.init_params_dir and start is None:
-    init_config, _ = checkpoints.read_config(checkpoint.init_params_dir)
-    if init_config != model:
-      raise ValueError(f"init_params_dir {checkpoint.init_params_dir} holds a {init_config} checkpoint, "
-                       f"not this run's {model}")
 
   # ----------------------------------------------------------------------------- data
-  from guide_jax.data import batches as batches_lib, prepared  # numpy + sentencepiece only
-  data_dir = data.data_dir or prepared.ensure_prepared(data.corpus, data.cache_dir, data.vocab_size)
+  from guide_jax.data import batches as batches_lib, prepare, prepared  # numpy only (TF only to prepare)
+  data_dir = data.data_dir or prepare.ensure_prepared(data.corpus, data.cache_dir, data.vocab_size)
   tokens = prepared.load_prepared(data_dir)
   if tokens.vocab_size != model.vocab_size:
     raise ValueError(f"model vocab_size {model.vocab_size} != the data's vocabulary size {tokens.vocab_size} "
@@ -206,52 +183,30 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   eval_batches = lambda: itertools.islice(batches_lib.eval_batches(
       tokens.validation, data.seq_len, data.batch_size, *feed), data.eval_max_batches)
 
-  # ----------------------------------------------------------------------------- teacher
-  # Loaded only when this run will use it: KD, or a fresh GUIDE start (decided identically everywhere).
-  teacher_params, teacher_config = None, None
-  if teacher.kd_alpha > 0 or (init in TEACHER_INITS and start is None):
-    teacher_params, teacher_config = load_teacher(teacher, model, init, mesh)
-
-  # ----------------------------------------------------------------------------- state
-  os.makedirs(model_dir, exist_ok=True)  # all checks passed: now we may write
-  with runlock.hold(model_dir) if jax.process_index() == 0 else contextlib.nullcontext():
-    state = trainer.abstract_state(model, optimizer, mesh)
+  # ----------------------------------------------------------------------------- state: resume or start
+  with _run_dir(model_dir):
+    abstract = trainer.abstract_state(model, optimizer, mesh)
     mngr = checkpoints.manager(model_dir, keep=checkpoint.keep)
-    if start is not None:                                                 # 1. resume
-      restored = checkpoints.restore(mngr, start, state.params, state.opt_state)
-      params, opt_state = restored["params"], restored["opt_state"]
-      for later in sorted(s for s in mngr.all_steps() if s > start):  # restore_step chose an older step
-        logging.warning("deleting checkpoint step %d of %s: this run continues from step %d", later,
-                        model_dir, start)
-        mngr.delete(later)
-      logging.info("resumed %s at step %d", model_dir, start)
+    restored = checkpoints.resume(mngr, abstract, model, run_meta, restore_step=checkpoint.restore_step,
+                                  allow_changed=checkpoint.allow_changed_run, where=model_dir)
+    load_teacher = _teacher_reader(mesh, model.vocab_size)
+    teacher_params, teacher_config = load_teacher(teacher.teacher_dir) if teacher.kd_alpha > 0 else (None, None)
+    if restored is not None:
+      state = TrainState(*restored)
     else:
-      if checkpoint.init_params_dir:                                      # 2. params only
-        params, _ = checkpoints.load_params(checkpoint.init_params_dir, state.param_shardings)
-        logging.info("params from %s, fresh optimizer state", checkpoint.init_params_dir)
-      elif init == "guide":                                               # 3. GUIDE
-        params, info = guide_init(teacher_params, teacher_config, model, guide, mesh=mesh)
-        logging.info("GUIDE init from %s: explained variance %.4f, teacher layers %s",
-                     teacher.teacher_dir, info.explained_variance, list(info.teacher_layers))
-      elif init == "weight_selection":                                    # 3'. other teacher starts
-        params = weight_selection.weight_selection_init(teacher_params, teacher_config, model,
-                                                        layer_selection=guide.layer_selection, mesh=mesh)
-      elif init == "prune":
-        calibration = np.concatenate([batches.batch(i)["decoder_input_tokens"]
-                                      for i in range(prune_config.calibration_batches)])
-        importance = prune.importance(teacher_params, teacher_config, calibration,
-                                      aggregation=prune_config.aggregation, mesh=mesh)
-        params = prune.prune_init(teacher_params, teacher_config, model, importance, depth=prune_config.depth,
-                                  mesh=mesh)
-      else:                                                               # 4. random
-        params = trainer.init_random(state, model, jax.random.PRNGKey(seed))
-      opt_state = trainer.init_opt_state(state, optimizer, params)
-      start = 0
-    if teacher.kd_alpha == 0:
-      teacher_params = None  # no teacher forward is compiled
-    return _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, teacher_params,
-                 teacher_config, teacher, data, batches, eval_batches, feed, start, train_steps, stop_after,
-                 eval_every, log_every, checkpoint.save_every, run_meta)
+      params = start(starts.Context(model, abstract, mesh, batches, load_teacher))
+      state = TrainState(0, params, trainer.init_opt_state(abstract, optimizer, params))
+    del load_teacher  # the start's teacher (unless KD's) is freed here
+
+    # --------------------------------------------------------------------------- compile, loop
+    run = Run(model_dir=model_dir, model=model, mesh=mesh, mngr=mngr,
+              train_step=trainer.make_train_step(model, optimizer, mesh, abstract, teacher_config=teacher_config,
+                                                 alpha=teacher.kd_alpha, tau=teacher.kd_tau),
+              eval_step=trainer.make_eval_step(model, mesh), teacher_params=teacher_params, batches=batches,
+              eval_batches=eval_batches, feed=feed, train_steps=train_steps, stop_after=stop_after,
+              eval_every=eval_every, log_every=log_every, save_every=checkpoint.save_every,
+              tokens_per_step=data.batch_size * data.seq_len, run_meta=run_meta)
+    return _loop(run, state)
 
 
 class _Preemption:
@@ -283,20 +238,14 @@ class _Preemption:
     return bool(np.max(multihost_utils.process_allgather(np.int32(self.requested))))
 
 
-def _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, teacher_params, teacher_config,
-          teacher, data, batches, eval_batches, feed, start, train_steps, stop_after, eval_every, log_every,
-          save_every, run_meta) -> dict:
+def _loop(run: Run, state: TrainState) -> dict:
   """The training loop: steps, logs, evals, checkpoints, the NaN guard, results.json."""
-  # ----------------------------------------------------------------------------- compile
-  step_fn = trainer.make_train_step(model, optimizer, mesh, state, teacher_config=teacher_config,
-                                    alpha=teacher.kd_alpha, tau=teacher.kd_tau)
-  eval_fn = trainer.make_eval_step(model, mesh)
-  writer = metrics.Writer(model_dir)
-  tokens_per_step = data.batch_size * data.seq_len
-  results_path = os.path.join(model_dir, "results.json")
+  writer = metrics.Writer(run.model_dir)
+  results_path = os.path.join(run.model_dir, "results.json")
+  mesh, params, opt_state, start = run.mesh, state.params, state.opt_state, state.step
 
   def fail(step, what):
-    last = mngr.latest_step()
+    last = run.mngr.latest_step()
     where = (f"The last good checkpoint is step {last}: lower the learning rate or fix the data and "
              f"rerun to resume from it." if last is not None else
              "No checkpoint was saved before it: lower the learning rate or fix the data and rerun "
@@ -312,39 +261,41 @@ def _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, tea
   # ----------------------------------------------------------------------------- train
   step, eval_result = start, None
   if start == 0:  # where each init starts: GUIDE's head start shows here
-    eval_result = trainer.evaluate(eval_fn, params, eval_batches(), mesh)
+    eval_result = trainer.evaluate(run.eval_step, params, run.eval_batches(), mesh)
     if not np.isfinite(eval_result["loss"]):
       return fail(0, "non-finite initial eval loss")
     writer.eval(0, eval_result)
   last_log = (start, time.time())
-  end = train_steps if stop_after is None else min(train_steps, start + stop_after)
+  train_steps = run.train_steps
+  end = train_steps if run.stop_after is None else min(train_steps, start + run.stop_after)
   preemption = _Preemption()
   with preemption:
     while step < end:
-      local = batches.batch(step, *feed)
-      params, opt_state, m = step_fn(params, opt_state, trainer.global_batch(local, mesh), teacher_params)
+      local = run.batches.batch(step, *run.feed)
+      params, opt_state, m = run.train_step(params, opt_state, trainer.global_batch(local, mesh),
+                                            run.teacher_params)
       step += 1
-      stopping = preemption.stop(step, log_every)
-      saving = step % save_every == 0 or step == end or stopping
-      if step % log_every == 0 or step == end or saving:
+      stopping = preemption.stop(step, run.log_every)
+      saving = step % run.save_every == 0 or step == end or stopping
+      if step % run.log_every == 0 or step == end or saving:
         m = {k: float(v) for k, v in jax.device_get(m).items()}
         if not m.pop("finite"):
           return fail(step, f"non-finite loss ({m['loss']}) or parameters")
         now = time.time()
         step_time = (now - last_log[1]) / (step - last_log[0])
-        m.update(step_time_s=step_time, tokens_per_s=tokens_per_step / step_time,
+        m.update(step_time_s=step_time, tokens_per_s=run.tokens_per_step / step_time,
                  eta_s=step_time * (train_steps - step))
         writer.train(step, m)
         last_log = (step, now)
-      if step % eval_every == 0 or step == train_steps:
-        eval_result = trainer.evaluate(eval_fn, params, eval_batches(), mesh)
+      if step % run.eval_every == 0 or step == train_steps:
+        eval_result = trainer.evaluate(run.eval_step, params, run.eval_batches(), mesh)
         if not np.isfinite(eval_result["loss"]):
           return fail(step, "non-finite eval loss")
         writer.eval(step, eval_result)
       if saving:
-        checkpoints.save(mngr, step, params, opt_state, model, extra=run_meta, force=True)
+        checkpoints.save(run.mngr, step, params, opt_state, run.model, extra=run.run_meta, force=True)
       if stopping:
-        logging.warning("SIGTERM: saved step %d of %s; rerun the same command to resume", step, model_dir)
+        logging.warning("SIGTERM: saved step %d of %s; rerun the same command to resume", step, run.model_dir)
         break
   writer.close()
 
@@ -352,9 +303,10 @@ def _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, tea
   if step < train_steps:
     return {"step": step, "finished": False}
   if eval_result is None:  # resumed at the last step
-    eval_result = trainer.evaluate(eval_fn, params, eval_batches(), mesh)
+    eval_result = trainer.evaluate(run.eval_step, params, run.eval_batches(), mesh)
   result = {"step": step, "finished": True, "eval_loss": eval_result["loss"], "eval_ppl": eval_result["ppl"],
-            "model_config": dataclasses.asdict(model), "tokens_seen": step * tokens_per_step, **run_meta}
+            "model_config": dataclasses.asdict(run.model), "tokens_seen": step * run.tokens_per_step,
+            **run.run_meta}
   if jax.process_index() == 0:
     atomic.atomic_write_json(results_path, result)
   return result
@@ -373,7 +325,8 @@ def main(argv):
 
 
 def run():
-  """Entry point with t5x-style --gin.KEY=VALUE rewriting."""
+  """Entry point with t5x-style --gin.KEY=VALUE rewriting (the only place train's flags exist)."""
+  gin_utils.define_flags()
   app.run(lambda argv: cli.exit_on_error("guide_jax.train", main, argv), argv=gin_utils.rewrite_gin_args(sys.argv))
 
 

@@ -37,10 +37,9 @@ def abstract_state(config: ModelConfig, optimizer: optax.GradientTransformation,
   """Params from the logical-axis rules; optimizer-state leaves that mirror a param (Adam moments)
   take that param's sharding via optax.tree_map_params, the rest (counts, factored moments) are
   replicated. As MaxText's get_abstract_state: one place decides how the state is laid out."""
-  p_sh = sharding.param_shardings(config, mesh)
-  shapes = model.param_shapes(config)
-  params = jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, p_sh)
-  opt_shapes = jax.eval_shape(optimizer.init, shapes)
+  params = sharding.abstract_params(config, mesh)
+  p_sh = jax.tree_util.tree_map(lambda x: x.sharding, params)
+  opt_shapes = jax.eval_shape(optimizer.init, model.param_shapes(config))
   rep = sharding.replicated(mesh)
   with_sharding = lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh)
   opt_sh = optax.tree_map_params(optimizer, lambda s, sh: sh, opt_shapes, p_sh,

@@ -1,5 +1,5 @@
 """guide_jax.convert (guide_jax teacher -> params-only student checkpoint) and the params-only init
-path (INIT_PARAMS_DIR): the converted student trains from step 0 with a fresh optimizer state."""
+path (gin/init_params.gin: starts.params(INIT_PARAMS_DIR)): the converted student trains from step 0 with a fresh optimizer state."""
 import json
 import os
 import subprocess
@@ -38,7 +38,8 @@ def test_convert_cli_then_init_params_dir_equals_a_guide_run(tmp_path, teacher):
                            "center": False, "seed": 0}
   assert "opt_state" not in os.listdir(out / "checkpoints" / "0")  # params only: no made-up optimizer state
   # (2) params only: a run starting from it has the GUIDE run's step-0 loss and a fresh optimizer.
-  run_train(MICRO, micro_bindings(tmp_path / "from_params", steps=2, INIT_PARAMS_DIR=repr(str(out))))
+  run_train(MICRO + ["gin/init_params.gin"], micro_bindings(tmp_path / "from_params", steps=2,
+                                                          INIT_PARAMS_DIR=repr(str(out))))
   run_train(MICRO + ["gin/guide.gin"], micro_bindings(tmp_path / "guide", steps=2, TEACHER_DIR=repr(str(teacher))))
   from_params = metrics.read_metrics(str(tmp_path / "from_params"), "eval")[0]["loss"]
   guided = metrics.read_metrics(str(tmp_path / "guide"), "eval")[0]["loss"]
@@ -65,6 +66,6 @@ def test_convert_api_takes_configs_and_leaves_gin_alone(tmp_path, teacher):
 
 
 def test_init_params_dir_of_another_model_fails_before_writing(tmp_path, teacher):
-  with pytest.raises(ValueError, match="init_params_dir .* holds a .* checkpoint, not this run's"):
-    run_train(MICRO, micro_bindings(tmp_path / "run", INIT_PARAMS_DIR=repr(str(teacher))))
+  with pytest.raises(ValueError, match="starts.params: .* holds a .* checkpoint, not this run's"):
+    run_train(MICRO + ["gin/init_params.gin"], micro_bindings(tmp_path / "run", INIT_PARAMS_DIR=repr(str(teacher))))
   assert not (tmp_path / "run").exists()

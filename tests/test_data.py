@@ -16,7 +16,8 @@ import sys
 import numpy as np
 import pytest
 
-from guide_jax.data import atomic, batches, corpus, sources, text_clean
+from guide_jax.corpora import corpus, sources, text_clean
+from guide_jax.data import atomic, batches
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -224,8 +225,8 @@ def test_large_corpus_package_rules():
 
 
 def test_data_modules_import_without_tensorflow():
-  code = ("import sys; import guide_jax.data, guide_jax.data.corpus, guide_jax.data.batches, "
-          "guide_jax.data.prepared, guide_jax.data.sources, guide_jax.data.vocab; "
+  code = ("import sys; import guide_jax.data, guide_jax.corpora.corpus, guide_jax.data.batches, "
+          "guide_jax.data.prepared, guide_jax.data.prepare, guide_jax.corpora.sources, guide_jax.corpora.vocab; "
           "assert 'tensorflow' not in sys.modules and 'seqio' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
@@ -254,14 +255,14 @@ def test_real_shakespeare_corpus():
 
 @pytest.fixture(scope="module")
 def tiny_vocab(tiny_corpus):
-  from guide_jax.data import vocab
+  from guide_jax.corpora import vocab
   cache_dir = os.path.dirname(os.path.dirname(tiny_corpus["dir"]))
   return vocab.train_vocab(tiny_corpus["train"], 400, cache_dir)
 
 
 def test_vocab_special_ids_and_cache(tiny_corpus, tiny_vocab):
   import sentencepiece as spm
-  from guide_jax.data import vocab
+  from guide_jax.corpora import vocab
   sp = spm.SentencePieceProcessor(model_file=tiny_vocab)
   assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
   assert sp.get_piece_size() == 400
@@ -279,7 +280,8 @@ def test_vocab_special_ids_and_cache(tiny_corpus, tiny_vocab):
 
 
 def test_task_registration_and_documents(tiny_corpus, tiny_vocab):
-  from guide_jax.data import prepare, tasks
+  from guide_jax.corpora import tasks
+  from guide_jax.data import prepare
   files = {s: tiny_corpus[s] for s in corpus.SPLITS}
   name = tasks.register_lm_task_from_files("guide_test_tiny", files, tiny_vocab)
   assert tasks.register_lm_task_from_files("guide_test_tiny", files, tiny_vocab) == name  # idempotent
@@ -295,9 +297,9 @@ def test_task_registration_and_documents(tiny_corpus, tiny_vocab):
 
 
 def test_prepare_corpus_bad_name(tmp_path):
-  from guide_jax.data import prepared
+  from guide_jax.data import prepare
   with pytest.raises(ValueError, match="unknown corpus"):
-    prepared.ensure_prepared("nope", str(tmp_path), 8192)
+    prepare.ensure_prepared("nope", str(tmp_path), 8192)
   assert os.listdir(tmp_path) == []
 
 

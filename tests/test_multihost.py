@@ -46,7 +46,7 @@ def test_two_process_guide_init_equals_one_process(tmp_path):
   assert result.returncode == 0, out[-4000:]
   import re
   held = [(int(p), int(m), int(t)) for p, m, t in
-          re.findall(r"teacher restored in shards: process (\d) holds (\d+) of (\d+) bytes", out)]
+          re.findall(r"restored in shards: process (\d) holds (\d+) of (\d+) bytes", out)]
   assert sorted(p for p, _, _ in held) == [0, 1], out[-3000:]
   for _, mine, total in held:
     assert mine < 0.6 * total, held  # its shards (plus the small replicated norm scales), not all

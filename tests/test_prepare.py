@@ -15,7 +15,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from guide_jax.data import batches, corpus, prepare, prepared
+from guide_jax.corpora import corpus
+from guide_jax.data import batches, prepare, prepared
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from test_data import _texts  # noqa: E402  (pytest puts tests/ on sys.path)
@@ -86,7 +87,7 @@ def user_task(tmp_path_factory):
   """{"module_dir", "vocab", "train_lines", "dev_lines", "prepared"}: a user task module in a
   temp dir, prepared with the command line (`--task_module`, `--task`, `--validation_split`)."""
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-  from guide_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from guide_jax.corpora import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
 
   root = tmp_path_factory.mktemp("user_task")
   tiny = corpus.write_corpus(_texts(40, offset=500), str(root / "corpus"), name="user")
@@ -132,7 +133,7 @@ def test_load_prepared_and_batches_without_tensorflow(user_task, tmp_path):
   """The training side: prepared data -> LMBatches / eval_batches with TF and seqio unimportable,
   also through ensure_prepared (what train.py calls) for an already prepared built-in corpus."""
   cache = tmp_path / "cache"
-  shutil.copytree(user_task["prepared"], prepared.prepared_dir_for("shakespeare", str(cache), VOCAB_SIZE))
+  shutil.copytree(user_task["prepared"], prepare.prepared_dir_for("shakespeare", str(cache), VOCAB_SIZE))
   code = textwrap.dedent(f'''
       import sys
       import numpy as np
@@ -144,7 +145,7 @@ def test_load_prepared_and_batches_without_tensorflow(user_task, tmp_path):
         else:
           raise AssertionError(name + " was importable")
       import guide_jax.data
-      from guide_jax.data import batches, prepared
+      from guide_jax.data import batches, prepare, prepared
       data = prepared.load_prepared({user_task["prepared"]!r}, verify=True)
       assert data.train.dtype == np.uint16
       train = batches.LMBatches(data.train, seq_len=16, global_batch_size=4, seed=0)
@@ -154,7 +155,7 @@ def test_load_prepared_and_batches_without_tensorflow(user_task, tmp_path):
       assert all(np.array_equal(b[k], again[k]) for k in b)
       ev = list(batches.eval_batches(data.validation, 16, 4))
       assert ev and all(v.dtype == np.int32 for e in ev for v in e.values())
-      info = prepared.load_prepared(prepared.ensure_prepared("shakespeare", {str(cache)!r}, {VOCAB_SIZE}))
+      info = prepared.load_prepared(prepare.ensure_prepared("shakespeare", {str(cache)!r}, {VOCAB_SIZE}))
       assert info.vocab_size == {VOCAB_SIZE} and info.train.shape == data.train.shape
       assert not any(m.split(".")[0] in ("tensorflow", "seqio") and mod is not None
                      for m, mod in sys.modules.items())
@@ -232,7 +233,7 @@ def test_bad_prepare_inputs_fail_before_any_work(user_task, tmp_path):
   with pytest.raises(ValueError, match="unknown corpus"):
     prepare.run("wikipedia", None, [], None, str(tmp_path), 8000, "train", "validation")
   with pytest.raises(ValueError, match="unknown corpus"):
-    prepared.ensure_prepared("wikipedia", str(tmp_path), 8000)
+    prepare.ensure_prepared("wikipedia", str(tmp_path), 8000)
   with pytest.raises(ValueError, match="exactly one"):
     prepare.run(None, None, [], None, str(tmp_path), 8000, "train", "validation")
   with pytest.raises(ValueError, match="--output_dir"):

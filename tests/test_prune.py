@@ -12,6 +12,7 @@ from guide_jax import model, sharding
 from guide_jax.config import ModelConfig
 from guide_jax.transforms.prune import Importance, importance, prune_indices, prune_init, top_k
 from guide_jax.transforms.weight_selection import weight_selection_init
+from test_transforms import hidden_states
 
 TEACHER = ModelConfig(vocab_size=96, d_model=32, n_layers=4, n_heads=4, head_dim=8, mlp_dim=64)
 STUDENT = TEACHER.replace(d_model=16, n_layers=2, n_heads=2, head_dim=4, mlp_dim=32)
@@ -98,7 +99,7 @@ def test_importance_values_match_a_reference(aggregation):
   x = tokens(3, 10)
   teacher = model.init_params(TEACHER, jax.random.PRNGKey(5))
   imp = importance(teacher, TEACHER, x, aggregation=aggregation)
-  _, hidden = model.apply(TEACHER, teacher, x, return_hidden=True)
+  hidden = hidden_states(TEACHER, teacher, x)
   states = [np.asarray(teacher["decoder"]["token_embedder"]["embedding"])[x]] + [np.asarray(h) for h in hidden]
   cos = [np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
          for a, b in zip(states[:-1], states[1:])]
@@ -326,7 +327,7 @@ def test_other_bad_inputs_fail_before_compute(no_compute):
   with pytest.raises(ValueError, match="relpos_buckets: student 16 != teacher 32"):
     weight_selection_init(model.init_params(relpos, jax.random.PRNGKey(0)), relpos,
                           STUDENT.replace(position_embedding="relpos", relpos_buckets=16))
-  bad = model.init_params(TEACHER, jax.random.PRNGKey(0))
+  bad = model.init_params(TEACHER, jax.random.PRNGKey(0))  # (a non-finite teacher: tests/test_teachers.py)
   del bad["decoder"]["layers_1"]["self_attention"]["key"]
   with pytest.raises(ValueError, match="missing 1 key.*layers_1/self_attention/key/kernel"):
     weight_selection_init(bad, TEACHER, STUDENT)

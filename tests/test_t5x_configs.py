@@ -62,9 +62,9 @@ def test_find_t5x_checkpoint_kinds(tmp_path):
   legacy = tmp_path / "legacy" / "checkpoint_3"
   legacy.mkdir(parents=True)
   (legacy / "checkpoint").write_bytes(b"")
-  for path in (legacy, legacy.parent):  # the step dir, or the model dir holding it
-    with pytest.raises(t5x_compat.T5xCheckpointError, match="legacy t5x checkpoint"):
-      t5x_compat.find_t5x_checkpoint(str(path))
+  for path in (legacy, legacy.parent):  # the step dir, or the model dir holding it: found, read through t5x
+    found = t5x_compat.find_t5x_checkpoint(str(path))
+    assert found == str(legacy) and t5x_compat.is_legacy(found)
   incomplete = tmp_path / "incomplete" / "checkpoint_5" / "state"
   incomplete.mkdir(parents=True)
   with pytest.raises(t5x_compat.T5xCheckpointError, match="incomplete"):
@@ -112,8 +112,9 @@ def test_transformations_when_resuming_and_their_argument_checks():
   student = teacher.replace(d_model=4)
   with pytest.raises(ValueError, match="student_config is required"):
     t5x_compat.guide_state_transformation(state, {}, teacher_config=teacher)
-  with pytest.raises(ValueError, match="d_model"):
-    t5x_compat.guide_state_transformation(state, {}, teacher_config=student, student_config=teacher)
+  with pytest.raises(ValueError, match="d_model"):  # guide_init's check, before any compute
+    t5x_compat.guide_state_transformation({"target": zeros(student)}, {"target": zeros(teacher)},
+                                          teacher_config=student, student_config=teacher)
   wrong = {"target": zeros(student.replace(mlp_dim=8))}
   with pytest.raises(ValueError, match="not the model t5x is building"):
     t5x_compat.guide_state_transformation({"target": zeros(teacher)}, wrong, teacher_config=teacher,

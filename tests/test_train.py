@@ -129,7 +129,9 @@ def _error_lines(stderr):
 @pytest.mark.parametrize("args,message", [
     (["--gin.train.no_such_knob=3"], "no_such_knob"),
     (["--gin_file=gin/guide.gin", "--gin.TEACHER_DIR='/nonexistent/teacher'"], "no checkpoints under"),
-    (["--gin.train.init='magic'"], "train.init must be one of"),
+    (["--gin_file=gin/weight_selection.gin", "--gin.TEACHER_DIR='/nonexistent/teacher'",
+      "--gin.starts.weight_selection.layer_selection='magic'"], "layer_selection must be one of"),
+    (["--gin_file=gin/guide.gin"], "starts.guide needs a teacher"),
 ])
 def test_bad_configs_fail_clearly_and_write_nothing(tmp_path, args, message):
   model_dir = tmp_path / "run"
@@ -160,3 +162,15 @@ def test_corrupt_checkpoint_fails_clearly(tmp_path, teacher_dir):
   with pytest.raises(ValueError, match="corrupt or incomplete"):
     run_train(MICRO + ["gin/guide.gin"], micro_bindings(model_dir, TEACHER_DIR=repr(str(bad_teacher))))
   assert not model_dir.exists()
+
+
+def test_importing_the_entry_points_defines_no_absl_flag():
+  """Flags exist only where a CLI runs (run()): importing guide_jax, e.g. inside a t5x process that
+  defines its own --gin_file, adds none."""
+  code = ("from absl import app, flags, logging; import orbax.checkpoint; before = set(flags.FLAGS); "
+          "import guide_jax.train, guide_jax.convert, guide_jax.sweep, guide_jax.t5x_compat, guide_jax.starts, "
+          "guide_jax.teachers; print(sorted(set(flags.FLAGS) - before))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == "[]"

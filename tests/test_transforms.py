@@ -13,6 +13,14 @@ TEACHER = ModelConfig(vocab_size=96, d_model=32, n_layers=4, n_heads=4, head_dim
 STUDENT = TEACHER.replace(d_model=16, n_layers=2, n_heads=2, head_dim=4, mlp_dim=32)
 
 
+def hidden_states(config, params, tokens):
+  """Each decoder layer's output [B, T, d], read with flax's capture_intermediates (no model hook)."""
+  _, state = model.apply(config, params, tokens,
+                         capture_intermediates=lambda module, _: isinstance(module, model.DecoderLayer))
+  decoder = state["intermediates"]["decoder"]
+  return [decoder[f"layers_{i}"]["__call__"][0] for i in range(config.n_layers)]
+
+
 def numpy_pca(table, k):
   """Reference: SVD of the centered table."""
   centered = table - table.mean(0)
@@ -146,8 +154,8 @@ def test_first_block_output_is_teacher_output_projected(position_embedding):
   student, info = guide_init(teacher, teacher_cfg, student_cfg, GuideConfig(seed=1))
   assert info.explained_variance == pytest.approx(1.0, abs=1e-5)
   tokens = jax.random.randint(jax.random.PRNGKey(3), (2, 11), 0, teacher_cfg.vocab_size)
-  _, hidden_t = model.apply(teacher_cfg, teacher, tokens, return_hidden=True)
-  _, hidden_s = model.apply(student_cfg, student, tokens, return_hidden=True)
+  hidden_t = hidden_states(teacher_cfg, teacher, tokens)
+  hidden_s = hidden_states(student_cfg, student, tokens)
   projected = np.asarray(hidden_t[0]) @ np.asarray(info.components)
   np.testing.assert_allclose(hidden_s[0], projected, rtol=1e-4, atol=1e-4)
   # ... and the second (uniformly selected) block is not a projection: the check can fail.

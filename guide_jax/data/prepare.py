@@ -4,15 +4,17 @@
     python -m guide_jax.data.prepare --task_module=my.tasks --task=my_task --output_dir=DIR
         [--train_split=train] [--validation_split=validation]
 
-A built-in corpus goes to prepared.prepared_dir_for(corpus, cache_dir, vocab_size) unless
+A built-in corpus goes to prepared_dir_for(corpus, cache_dir, vocab_size) unless
 --output_dir is given. A seqio task or mixture (after importing each --task_module, as
 t5x's MIXTURE_OR_TASK_MODULE) contributes its "targets" feature, tokenized with the task's
 own SentencePiece vocabulary, untrimmed and unshuffled (a mixture samples with seed 0 until
 its first task runs out). The directory format is described in prepared.py; it is written
 to a temporary directory and renamed into place, so it is either complete or absent.
 
-This is the only module (with tasks.py, which it uses) that imports seqio and TensorFlow;
-training reads the result with prepared.load_prepared (numpy only).
+This is the only module (with guide_jax.corpora.tasks, which it uses) that imports seqio and
+TensorFlow, and only inside the functions that prepare (importing it loads neither): training
+calls ensure_prepared, which returns an existing directory without them, and reads the result
+with prepared.load_prepared (numpy only). Built-in corpora are built by guide_jax.corpora.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def resolve_task(name: str, splits: dict[str, str]):
   splits: {"train"|"validation": the task's split name}. Raises ValueError for an unknown
   name, a missing "targets" feature, a non-SentencePiece vocabulary or a missing split.
   """
-  from guide_jax.data import tasks  # pylint: disable=g-import-not-at-top (imports TF, seqio)
+  from guide_jax.corpora import tasks  # pylint: disable=g-import-not-at-top (imports TF, seqio)
 
   seqio = tasks.seqio
   known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
@@ -203,20 +205,20 @@ def prepare_corpus(corpus: str, cache_dir: str, vocab_size: int, output_dir: str
                    max_train_tokens: int | None = None) -> str:
   """Builds built-in `corpus` (cached), its vocabulary and seqio task, and prepares it.
 
-  Returns the directory (default prepared.prepared_dir_for(corpus, cache_dir, vocab_size));
+  Returns the directory (default prepared_dir_for(corpus, cache_dir, vocab_size));
   an existing one is checked (manifest only) and reused.
   The manifest's source records the corpus files' SHA-256 (its content hash) and statistics.
   """
-  from guide_jax.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+  from guide_jax.corpora import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
 
   if corpus not in corpus_lib.CORPORA:
     raise ValueError(f"unknown corpus {corpus!r}; expected one of {corpus_lib.CORPORA}")
-  output_dir = output_dir or prepared.prepared_dir_for(corpus, cache_dir, vocab_size)
+  output_dir = output_dir or prepared_dir_for(corpus, cache_dir, vocab_size)
   if os.path.exists(output_dir):
     prepared.read_manifest(output_dir)  # complete (renamed into place) unless tampered with
     logging.info("Corpus %s is already prepared in %s", corpus, output_dir)
     return output_dir
-  from guide_jax.data import tasks  # pylint: disable=g-import-not-at-top (imports TF, seqio)
+  from guide_jax.corpora import tasks  # pylint: disable=g-import-not-at-top (imports TF, seqio)
 
   name = tasks.register_lm_task(corpus, cache_dir, vocab_size)
   stats = corpus_lib.load_complete(corpus_lib.corpus_dir(corpus, cache_dir))["stats_data"]
@@ -235,8 +237,41 @@ def prepare_corpus(corpus: str, cache_dir: str, vocab_size: int, output_dir: str
 
 # ----------------------------------------------------------------------------- command line
 
+def prepared_dir_for(corpus: str, cache_dir: str, vocab_size: int) -> str:
+  """Deterministic location of built-in `corpus` prepared with a `vocab_size` vocabulary:
+  <cache_dir>/prepared/<corpus>-v<vocab_size>-c<corpus format>-s<vocab model version>-f<format>,
+  so a change of corpus text, vocabulary trainer or file format gets a new directory."""
+  from guide_jax.corpora import corpus as corpus_lib, vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+
+  if not isinstance(corpus, str) or not corpus or os.sep in corpus:
+    raise ValueError(f"corpus must be a plain name, got {corpus!r}")
+  name = (f"{corpus}-v{int(vocab_size)}-c{corpus_lib.CORPUS_FORMAT_VERSION}"
+          f"-s{vocab_lib.MODEL_VERSION}-f{prepared.FORMAT_VERSION}")
+  return os.path.join(cache_dir, "prepared", name)
+
+
+def ensure_prepared(corpus: str, cache_dir: str, vocab_size: int) -> str:
+  """prepared_dir_for(corpus, cache_dir, vocab_size), preparing it first if it does not exist.
+
+  Preparing (corpus download, vocabulary, tokenization) imports seqio and TensorFlow in
+  this process; an existing directory is returned without them (a concurrent preparer
+  that finishes first wins and its directory is used). Raises ValueError for an unknown
+  corpus before any work.
+  """
+  from guide_jax.corpora import corpus as corpus_lib  # pylint: disable=g-import-not-at-top (no TF)
+
+  if corpus not in corpus_lib.CORPORA:
+    raise ValueError(f"unknown corpus {corpus!r}; expected one of {corpus_lib.CORPORA}")
+  path = prepared_dir_for(corpus, cache_dir, vocab_size)
+  if os.path.isdir(path):
+    return path
+  logging.info("No prepared data at %s: preparing corpus %s (imports seqio/TensorFlow)", path, corpus)
+  prepare_corpus(corpus, cache_dir, vocab_size, path)
+  return path
+
+
 def _define_flags() -> None:
-  flags.DEFINE_string("corpus", None, "built-in corpus: one of guide_jax.data.corpus.CORPORA")
+  flags.DEFINE_string("corpus", None, "built-in corpus: one of guide_jax.corpora.corpus.CORPORA")
   flags.DEFINE_string("task", None, "registered seqio task or mixture name")
   flags.DEFINE_multi_string("task_module", [], "module(s) to import first; they register --task")
   flags.DEFINE_string("output_dir", None, "prepared-data directory (required with --task)")

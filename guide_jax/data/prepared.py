@@ -1,8 +1,6 @@
 """Prepared data: tokenized splits on disk, read with numpy (memmap) only.
 
     load_prepared(path, *, verify=False) -> Prepared(train, validation, vocab_size, vocab_path, ...)
-    prepared_dir_for(corpus, cache_dir, vocab_size) -> <cache_dir>/prepared/<corpus>-v<vocab>-...
-    ensure_prepared(corpus, cache_dir, vocab_size) -> that directory, prepared if missing
 
 A prepared-data directory (written by `python -m guide_jax.data.prepare`, all at once by
 one directory rename) holds:
@@ -14,9 +12,10 @@ one directory rename) holds:
   <split>-<i>.npy token shards: 1-D `dtype` arrays (uint16 when vocab_size <= 65535, else
                   int32); each split is its documents' token ids concatenated, every
                   document ending in EOS
-This module imports neither TensorFlow nor seqio: a training host needs numpy only (and
-sentencepiece to decode). `ensure_prepared` imports the preparation code (seqio, TF) only
-when the directory does not exist yet.
+This module imports neither TensorFlow nor seqio, nor the corpus builder or the preparation code
+(prepare.py imports this one, never the reverse): a training host needs numpy only (and
+sentencepiece to decode). Where a built-in corpus is prepared: prepare.prepared_dir_for /
+prepare.ensure_prepared.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import json
 import os
 
 import numpy as np
-from absl import logging
 
 from guide_jax.data import atomic
 
@@ -66,19 +64,6 @@ def shard_dtype(vocab_size: int) -> np.dtype:
 def shard_name(split: str, index: int) -> str:
   """"<split>-<index:05d>.npy"."""
   return f"{split}-{index:05d}.npy"
-
-
-def prepared_dir_for(corpus: str, cache_dir: str, vocab_size: int) -> str:
-  """Deterministic location of built-in `corpus` prepared with a `vocab_size` vocabulary:
-  <cache_dir>/prepared/<corpus>-v<vocab_size>-c<corpus format>-s<vocab model version>-f<format>,
-  so a change of corpus text, vocabulary trainer or file format gets a new directory."""
-  from guide_jax.data import corpus as corpus_lib, vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-
-  if not isinstance(corpus, str) or not corpus or os.sep in corpus:
-    raise ValueError(f"corpus must be a plain name, got {corpus!r}")
-  name = (f"{corpus}-v{int(vocab_size)}-c{corpus_lib.CORPUS_FORMAT_VERSION}"
-          f"-s{vocab_lib.MODEL_VERSION}-f{FORMAT_VERSION}")
-  return os.path.join(cache_dir, "prepared", name)
 
 
 def read_manifest(path: str) -> dict:
@@ -190,25 +175,3 @@ def load_prepared(path: str, *, verify: bool = False) -> Prepared:
   return Prepared(train=streams["train"], validation=streams["validation"],
                   vocab_size=manifest["vocab_size"], vocab_path=vocab_path, manifest=manifest,
                   path=os.path.abspath(path))
-
-
-def ensure_prepared(corpus: str, cache_dir: str, vocab_size: int) -> str:
-  """prepared_dir_for(corpus, cache_dir, vocab_size), preparing it first if it does not exist.
-
-  Preparing (corpus download, vocabulary, tokenization) imports seqio and TensorFlow in
-  this process; an existing directory is returned without them (a concurrent preparer
-  that finishes first wins and its directory is used). Raises ValueError for an unknown
-  corpus before any work.
-  """
-  from guide_jax.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top (no TF)
-
-  if corpus not in corpus_lib.CORPORA:
-    raise ValueError(f"unknown corpus {corpus!r}; expected one of {corpus_lib.CORPORA}")
-  path = prepared_dir_for(corpus, cache_dir, vocab_size)
-  if os.path.isdir(path):
-    return path
-  logging.info("No prepared data at %s: preparing corpus %s (imports seqio/TensorFlow)", path, corpus)
-  from guide_jax.data import prepare  # pylint: disable=g-import-not-at-top (imports TF, seqio)
-
-  prepare.prepare_corpus(corpus, cache_dir, vocab_size, path)
-  return path

@@ -4,8 +4,9 @@ teacher's checkpoint (gin/t5x/guide_restore.gin).
 t5x calls `fn(state_dict, target_state_dict, *, is_resuming=False) -> state_dict` before it
 reads any array of an orbax checkpoint: `state_dict` is the TEACHER checkpoint's structure
 (placeholders, or concrete arrays when a caller loaded them), `target_state_dict` the abstract
-state of the STUDENT t5x is building. The teacher is then read here from `teacher_checkpoint`,
-restored in shards onto a mesh over all devices (each process reads only its shards), mapped by
+state of the STUDENT t5x is building. The teacher is then read here from `teacher_checkpoint`
+by guide_jax.teachers.load (in shards onto a mesh over all devices: each process reads only its
+shards; a legacy msgpack checkpoint through t5x's own loader), mapped by
 the compiled guide_init, and handed back to t5x as numpy ('target'); 'state' is left out unless
 the student's optimizer state is concrete, so RestoreCheckpointConfig.fallback_to_scratch=True
 gives a fresh optimizer state at step 0. is_resuming=True returns state_dict unchanged.
@@ -18,9 +19,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from guide_jax import model, sharding
+from guide_jax import model, sharding, teachers
 from guide_jax.config import GuideConfig
-from guide_jax.t5x_compat.checkpoint_io import load_t5x_params
 from guide_jax.t5x_compat.configs import as_model_config
 from guide_jax.transforms import guide_init, validate
 
@@ -70,7 +70,6 @@ def guide_state_transformation(state_dict, target_state_dict, *, is_resuming: bo
     return state_dict
   teacher = as_model_config(teacher_config, "teacher_config")
   student = as_model_config(student_config, "student_config")
-  validate.check_dimensions(teacher, student)
   if not isinstance(state_dict, Mapping) or "target" not in state_dict:
     raise ValueError("state_dict must be a t5x state dict with a 'target' entry (the teacher's params)")
   if not isinstance(target_state_dict, Mapping) or "target" not in target_state_dict:
@@ -84,7 +83,9 @@ def guide_state_transformation(state_dict, target_state_dict, *, is_resuming: bo
       raise ValueError("the teacher state_dict holds no arrays, as when t5x calls a transformation before "
                        "reading the checkpoint: bind teacher_checkpoint to the teacher's checkpoint path "
                        "(the RestoreCheckpointConfig.path)")
-    teacher_params = load_t5x_params(teacher_checkpoint, teacher, sharding.param_shardings(teacher, mesh))
+    teacher_params, _ = teachers.load(teachers.Source(teacher_checkpoint, format="t5x", config=teacher), mesh)
+  else:  # arrays t5x already read: the one finiteness pass (teachers.load runs it for a read)
+    validate.check_finite(teacher_params, "teacher params (t5x state_dict)")
   params, info = guide_init(teacher_params, teacher, student, guide, mesh=mesh)
   logging.info("GUIDE (t5x restore): explained variance %.4f, teacher layers %s",
                info.explained_variance, list(info.teacher_layers))

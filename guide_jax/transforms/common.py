@@ -176,6 +176,10 @@ def run_init(program, t_sh, teacher_params, teacher_config: ModelConfig, *extras
 
 
 def check_student(params, what: str) -> None:
-  """The output check: raise ValueError if the student `what` made holds NaN or Inf."""
-  validate.check_finite(params, f"the student {what} made (from a non-finite teacher?)")
+  """The output check: raise ValueError if the student `what` made holds NaN or Inf (a pass over
+  the student, not the teacher, whose values its loader checks once)."""
+  bad = validate.nonfinite_leaves(params)
+  if bad:
+    raise ValueError(f"the student {what} made (from a non-finite teacher?) holds NaN or Inf in: "
+                     + ", ".join(bad[:5]))
 

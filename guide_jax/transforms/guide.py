@@ -1,4 +1,4 @@
-"""GUIDE: map a teacher's parameters into a smaller student's PyTree (GUIDE_SPEC.md sections 1-3).
+"""GUIDE: map a teacher's parameters into a smaller student's PyTree (docs/algorithm.md sections 1-3).
 
 With M [d_T, d_S] the PCA components and x_T ~ x_S M^T, for a block whose pre-norm is RMSNorm:
   input-side kernels  (query, key, value, wi_0, wi_1): W_S = sqrt(d_T / d_S) * M^T diag(g_T) W_T

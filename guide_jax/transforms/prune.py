@@ -1,4 +1,4 @@
-"""Minitron-style structured pruning (Muralidharan et al. 2024; Sreenivas et al. 2024; GUIDE_SPEC.md 7).
+"""Minitron-style structured pruning (Muralidharan et al. 2024; Sreenivas et al. 2024; docs/algorithm.md section 6).
 
 importance(): activation-based scores of the teacher's units on a small calibration batch, from one
 forward pass of guide_jax.model.Transformer itself (flax method interception reads the inputs and
@@ -39,12 +39,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from guide_jax import model, sharding
-from guide_jax.config import LAYER_SELECTIONS, ModelConfig
+from guide_jax.config import PRUNE_AGGREGATIONS as AGGREGATIONS, PRUNE_DEPTHS as DEPTHS, ModelConfig
 from guide_jax.transforms import common, validate
 from guide_jax.transforms.select import select_layers, uniform_indices
 
-AGGREGATIONS = ("mean", "l2")
-DEPTHS = LAYER_SELECTIONS + ("importance",)
 ORDERS = ("index", "importance")
 _NORMS = ("pre_self_attention_layer_norm", "pre_mlp_layer_norm")
 _QKV = ("query", "key", "value")

@@ -88,11 +88,17 @@ def _all_finite(leaves):
   return jnp.stack([jnp.isfinite(jnp.max(jnp.abs(x))) if x.size else jnp.bool_(True) for x in leaves])
 
 
-def check_finite(params, name: str = "params") -> None:
-  """Raise ValueError naming each leaf of `params` that holds NaN or Inf."""
+def nonfinite_leaves(params) -> list:
+  """The 'a/b/c' keys of the float leaves of `params` that hold NaN or Inf (one fused pass)."""
   flat = flatten(params)
   keys = sorted(k for k, v in flat.items() if jnp.issubdtype(jnp.result_type(v), jnp.inexact))
   ok = np.asarray(_all_finite([flat[k] for k in keys]))
-  bad = [k for k, good in zip(keys, ok) if not good]
+  return [k for k, good in zip(keys, ok) if not good]
+
+
+def check_finite(params, name: str = "params") -> None:
+  """Raise ValueError naming each leaf of `params` that holds NaN or Inf (a teacher's one pass,
+  where it is loaded)."""
+  bad = nonfinite_leaves(params)
   if bad:
     raise ValueError(f"{name} holds NaN or Inf in: {', '.join(bad[:5])}")

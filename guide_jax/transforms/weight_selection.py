@@ -1,4 +1,4 @@
-"""Weight Selection (Xu et al. 2023, "Initializing Models with Larger Ones"; GUIDE_SPEC.md sections 3, 7).
+"""Weight Selection (Xu et al. 2023, "Initializing Models with Larger Ones"; docs/algorithm.md sections 3, 6).
 
 Every student parameter, the embedding table included, is the teacher's uniformly selected along
 every axis (select.uniform_indices, axis by axis); attention kernels select whole heads and head

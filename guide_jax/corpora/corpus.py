@@ -44,7 +44,8 @@ from typing import Iterable, Iterator
 
 from absl import logging
 
-from guide_jax.data import atomic, sources, text_clean
+from guide_jax.corpora import sources, text_clean
+from guide_jax.data import atomic
 
 CORPORA = ("shakespeare", "techdocs", "all", "large")
 SPLITS = ("train", "validation")

@@ -12,9 +12,9 @@ import os
 
 from absl import logging
 
-from guide_jax.data import corpus as corpus_lib
-from guide_jax.data import tf_setup
-from guide_jax.data import vocab as vocab_lib
+from guide_jax.corpora import corpus as corpus_lib
+from guide_jax.corpora import tf_setup
+from guide_jax.corpora import vocab as vocab_lib
 
 tf, seqio = tf_setup.import_tf_and_seqio()
 

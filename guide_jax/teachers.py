@@ -1,0 +1,160 @@
+"""Teacher sources as one protocol: load(source, mesh) -> (params on their shardings, ModelConfig).
+
+A source is a path (its format detected) or a Source naming the format and what the format does
+not carry itself (a t5x checkpoint's ModelConfig, a step). Formats, in FORMATS:
+  guide_jax  a guide_jax run directory or guide_jax.convert output (<dir>/checkpoints/<step>/):
+             the checkpoint carries its ModelConfig.
+  t5x        a t5x decoder-only checkpoint (<dir>/checkpoint_<step>/state/, or the model dir for
+             its latest step; legacy msgpack + tensorstore through t5x's own loader when t5x is
+             importable); Source.config gives its shape (e.g. from gin/t5x/teacher.gin).
+Adding a format is one Format (detect, describe, read) and one entry in FORMATS; train (starts and
+KD), guide_jax.convert and the t5x restore-time function all read teachers through load().
+
+load() checks in this order, before any array is read: the source exists and is complete, its
+arrays fit its config, the vocabulary matches (when vocab_size is given). It then reads the arrays
+in shards and runs the one full pass over the teacher, the finiteness check: callers never check
+the teacher again.
+"""
+import dataclasses
+import os
+from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
+
+from absl import logging
+import jax
+from jax.sharding import Mesh
+
+from guide_jax import checkpoints
+from guide_jax.config import ModelConfig
+from guide_jax.transforms import validate
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Where a teacher is. format: a key of FORMATS, or None to detect it from the path.
+  config: the teacher's ModelConfig for formats that do not store one (t5x). step: a guide_jax
+  checkpoint step (default: the latest)."""
+  path: str
+  format: Optional[str] = None
+  config: Optional[ModelConfig] = None
+  step: Optional[int] = None
+
+  def __post_init__(self):
+    if not self.path or not isinstance(self.path, str):
+      raise ValueError(f"teacher Source.path must be a non-empty path, got {self.path!r}")
+    if self.format is not None and self.format not in FORMATS:
+      raise ValueError(f"teacher Source.format must be one of {tuple(FORMATS)} or None, got {self.format!r}")
+    if self.config is not None and not isinstance(self.config, ModelConfig):
+      raise ValueError(f"teacher Source.config must be a ModelConfig, got {type(self.config).__name__}")
+
+
+class Described(NamedTuple):
+  """What a source holds, from metadata only."""
+  config: ModelConfig
+  where: str          # the exact checkpoint read (a step directory)
+  format: str
+  handle: Any         # the format's own handle for read()
+
+
+class Format(NamedTuple):
+  """One teacher format. detect(path) -> bool; describe(source) -> (config, where, handle) from
+  metadata only, raising ValueError naming what is wrong; read(handle, config, mesh) -> params."""
+  detect: Callable[[str], bool]
+  describe: Callable[[Source], Tuple[ModelConfig, str, Any]]
+  read: Callable[[Any, ModelConfig, Optional[Mesh]], Any]
+
+
+# ------------------------------------------------------------------------------------ guide_jax
+def _guide_jax_detect(path: str) -> bool:
+  return os.path.isdir(checkpoints.checkpoint_dir(path))
+
+
+def _guide_jax_describe(source: Source):
+  if source.config is not None:
+    raise ValueError(f"a guide_jax teacher checkpoint ({source.path}) carries its ModelConfig: give a "
+                     "config only for a t5x teacher")
+  config, step = checkpoints.read_config(source.path, source.step)
+  return config, f"{checkpoints.checkpoint_dir(source.path)}/{step}", (source.path, step)
+
+
+def _guide_jax_read(handle, config: ModelConfig, mesh: Optional[Mesh]):
+  del config  # the checkpoint's own
+  path, step = handle
+  return checkpoints.load_params(path, mesh, step=step)[0]
+
+
+# ------------------------------------------------------------------------------------------ t5x
+def _t5x_detect(path: str) -> bool:
+  from guide_jax.t5x_compat import checkpoint_io  # pylint: disable=g-import-not-at-top
+  try:
+    checkpoint_io.find_t5x_checkpoint(path)
+  except checkpoint_io.T5xCheckpointError:
+    return False
+  return True
+
+
+def _t5x_describe(source: Source):
+  from guide_jax.t5x_compat import checkpoint_io  # pylint: disable=g-import-not-at-top
+  if source.config is None:
+    raise ValueError(f"a t5x teacher ({source.path}) needs its ModelConfig (teachers.Source(config=...), "
+                     "e.g. from gin/t5x/teacher.gin): t5x checkpoints do not store one")
+  if source.step is not None:
+    raise ValueError("Source.step is for guide_jax teachers; point a t5x teacher's path at checkpoint_<step>")
+  found = checkpoint_io.check_t5x_checkpoint(source.path, source.config)
+  where = found if checkpoint_io.is_legacy(found) else os.path.dirname(found)
+  return source.config, where, found
+
+
+def _t5x_read(found, config: ModelConfig, mesh: Optional[Mesh]):
+  from guide_jax.t5x_compat import checkpoint_io  # pylint: disable=g-import-not-at-top
+  return checkpoint_io.read_t5x_params(found, config, mesh)
+
+
+# Detection tries these in order; a named Source.format skips detection.
+FORMATS = {
+    "guide_jax": Format(_guide_jax_detect, _guide_jax_describe, _guide_jax_read),
+    "t5x": Format(_t5x_detect, _t5x_describe, _t5x_read),
+}
+
+
+def as_source(source: Union[str, Source]) -> Source:
+  """A Source from a path or a Source."""
+  if isinstance(source, Source):
+    return source
+  if isinstance(source, (str, os.PathLike)) and str(source):
+    return Source(os.fspath(source))
+  raise ValueError(f"a teacher source must be a path or a teachers.Source, got {source!r}")
+
+
+def describe(source: Union[str, Source], *, vocab_size: Optional[int] = None) -> Described:
+  """What `source` holds, from metadata only (no array is read). Raises ValueError naming the
+  problem: missing, incomplete, of no known format, not fitting its config, or (vocab_size given)
+  of another vocabulary."""
+  source = as_source(source)
+  name = source.format
+  if name is None:
+    if not os.path.exists(source.path):
+      raise checkpoints.CheckpointError(f"no checkpoints under {source.path!r}: the teacher does not exist")
+    name = next((n for n, f in FORMATS.items() if f.detect(source.path)), None)
+    if name is None:
+      raise ValueError(f"{source.path!r} is no teacher checkpoint of a known format {tuple(FORMATS)} "
+                       "(guide_jax: <dir>/checkpoints/<step>/; t5x: <dir>/checkpoint_<step>/)")
+  config, where, handle = FORMATS[name].describe(source)
+  if vocab_size is not None and config.vocab_size != vocab_size:
+    raise ValueError(f"teacher/student vocab mismatch: teacher vocab_size {config.vocab_size} != "
+                     f"student {vocab_size} ({where})")
+  return Described(config, where, name, handle)
+
+
+def load(source: Union[str, Source], mesh: Optional[Mesh], *, vocab_size: Optional[int] = None):
+  """(params, ModelConfig) of a teacher: every check of describe(), then the arrays read straight
+  onto their logical-axis shardings on `mesh` (each process reads only its own shards; mesh=None:
+  host arrays), then the one full pass over them (finiteness), so callers never re-check."""
+  found = describe(source, vocab_size=vocab_size)
+  params = FORMATS[found.format].read(found.handle, found.config, mesh)
+  validate.check_finite(params, f"teacher params ({found.where})")
+  leaves = jax.tree_util.tree_leaves(params)
+  mine = sum(s.data.nbytes for x in leaves if isinstance(x, jax.Array) for s in x.addressable_shards
+             if s.replica_id == 0)
+  logging.info("teacher %s (%s) restored in shards: process %d holds %d of %d bytes", found.where, found.format,
+               jax.process_index(), mine, sum(x.nbytes for x in leaves))
+  return params, found.config
