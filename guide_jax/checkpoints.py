@@ -30,7 +30,8 @@ from guide_jax.config import ModelConfig
 RESUME_KEYS = ("data", "seq_len", "batch_size", "seed", "init", "start", "kd_alpha", "kd_tau")
 # ModelConfig fields that fix the param tree's shapes: a checkpoint differing in one is another model.
 SHAPE_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_dim", "tie_embeddings",
-              "position_embedding", "relpos_buckets", "param_dtype")
+              "position_embedding", "relpos_buckets", "param_dtype", "n_kv_heads", "qkv_bias", "out_bias",
+              "qk_norm", "post_norms")
 
 
 class CheckpointError(ValueError):

@@ -138,6 +138,9 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
     raise ValueError(f"--format must be one of {FORMATS}, got {output_format!r}")
   if not isinstance(guide, GuideConfig) or not isinstance(student_config, ModelConfig):
     raise ValueError("convert needs a GuideConfig and a student ModelConfig")
+  if output_format == "t5x" and student_config.t5x_incompatibilities():
+    raise ValueError("--format=t5x: t5x's decoder-only network has no "
+                     + ", ".join(student_config.t5x_incompatibilities()) + " (the student's ModelConfig)")
   for name, value in (("teacher_dir", teacher_dir), ("output_dir", output_dir)):
     if not value:
       raise ValueError(f"--{name} is required")

@@ -20,6 +20,16 @@ def check_dimensions(teacher: ModelConfig, student: ModelConfig) -> None:
     s, t = getattr(student, name), getattr(teacher, name)
     if s > t:
       problems.append(f"{name}: student {sym}_S={s} > teacher {sym}_T={t}")
+  k_t, k_s = teacher.kv_heads, student.kv_heads
+  if k_s > k_t:
+    problems.append(f"kv heads: student k_S={k_s} > teacher k_T={k_t} (the student keeps whole kv groups)")
+  elif student.n_heads // k_s > teacher.n_heads // k_t:
+    problems.append(f"query heads per kv head: student h_S/k_S={student.n_heads // k_s} > teacher "
+                    f"h_T/k_T={teacher.n_heads // k_t} (a student group keeps query heads of one teacher group)")
+  for name in ("qkv_bias", "out_bias", "qk_norm", "post_norms"):
+    if getattr(student, name) != getattr(teacher, name):
+      problems.append(f"{name}: student {getattr(student, name)} != teacher {getattr(teacher, name)} "
+                      "(the student keeps the teacher's block structure)")
   for name in ("position_embedding", "mlp_activation"):
     if getattr(student, name) != getattr(teacher, name):
       problems.append(f"{name}: student {getattr(student, name)!r} != teacher {getattr(teacher, name)!r}")
@@ -33,6 +43,11 @@ def check_dimensions(teacher: ModelConfig, student: ModelConfig) -> None:
 def flatten(params) -> dict:
   """Nested dict (or FrozenDict) of arrays -> {'a/b/c': array}."""
   return traverse_util.flatten_dict(unfreeze(params), sep="/")
+
+
+def flatten_paths(tree) -> list:
+  """Nested dict of leaves -> [(('a', 'b', 'c'), leaf), ...]."""
+  return list(traverse_util.flatten_dict(unfreeze(tree)).items())
 
 
 def restrict(params, config: ModelConfig) -> dict:
@@ -68,14 +83,22 @@ def check_tree(params, config: ModelConfig, name: str = "params") -> None:
 
 @jax.jit
 def _all_finite(leaves):
-  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+  # isfinite(max |x|) (max propagates NaN): a fused reduction with no temporary, where
+  # all(isfinite(x)) materializes a bool array per leaf (half a bf16 teacher, all leaves at once)
+  return jnp.stack([jnp.isfinite(jnp.max(jnp.abs(x))) if x.size else jnp.bool_(True) for x in leaves])
 
 
-def check_finite(params, name: str = "params") -> None:
-  """Raise ValueError naming each leaf of `params` that holds NaN or Inf."""
+def nonfinite_leaves(params) -> list:
+  """The 'a/b/c' keys of the float leaves of `params` that hold NaN or Inf (one fused pass)."""
   flat = flatten(params)
   keys = sorted(k for k, v in flat.items() if jnp.issubdtype(jnp.result_type(v), jnp.inexact))
   ok = np.asarray(_all_finite([flat[k] for k in keys]))
-  bad = [k for k, good in zip(keys, ok) if not good]
+  return [k for k, good in zip(keys, ok) if not good]
+
+
+def check_finite(params, name: str = "params") -> None:
+  """Raise ValueError naming each leaf of `params` that holds NaN or Inf (a teacher's one pass,
+  where it is loaded)."""
+  bad = nonfinite_leaves(params)
   if bad:
     raise ValueError(f"{name} holds NaN or Inf in: {', '.join(bad[:5])}")
