@@ -3,20 +3,30 @@ r"""Build a GUIDE-initialized student checkpoint from a teacher checkpoint, offl
   python -m guide_jax.convert --teacher_dir=runs/teacher --student_gin=gin/models/tiny_student.gin \
       --output_dir=runs/student_init [--format=guide_jax|t5x] [--blocks=first] [--other_blocks=...] \
       [--layer_selection=first_n] [--center] [--seed=0] [--gin.VOCAB_SIZE=2048] [--overwrite]
+  python -m guide_jax.convert --teacher_dir=hf/Llama-3.2-1B --teacher_format=hf \
+      --student='d_model=1024 n_layers=8' --output_dir=runs/student_init [--format=hf --hf_dtype=bfloat16]
 
 Teacher: a guide_jax run directory (orbax layout of guide_jax.checkpoints; its ModelConfig is read
 from the checkpoint), or with --teacher_format=t5x a t5x checkpoint (<dir>/checkpoint_<step>, or
 the model dir for its latest step) whose shape is given by --teacher_gin (a gin file defining
-MODEL = @config.ModelConfig(), like gin/t5x/teacher.gin) and --teacher_gin_bindings.
+MODEL = @config.ModelConfig(), like gin/t5x/teacher.gin) and --teacher_gin_bindings, or with
+--teacher_format=hf a Hugging Face model directory (config.json + safetensors, guide_jax.importers).
 The teacher is restored in shards onto a mesh over all devices and mapped by the compiled
 guide_init: no device or host holds more than its shards of it.
 Student: --student_gin (same kind of gin file) plus --gin.KEY=VALUE bindings; VOCAB_SIZE defaults
 to the teacher's vocabulary size, and a VOCAB_SIZE binding is applied to a t5x teacher's gin too.
+Or, with no gin file, --student='FIELD=VALUE ...' (overrides of the teacher's own ModelConfig) or
+--student_params=N (a budget) name the student in the teacher's family (guide_jax.student_shape).
 Output (--format):
   guide_jax: <output_dir>/checkpoints/0/{params, meta}: a params-only guide_jax checkpoint; start a
              run from it with --gin.INIT_PARAMS_DIR="'<output_dir>'" (the run's own optimizer starts fresh).
+             It also gets <output_dir>/model.gin (MODEL = the student's ModelConfig) for train's
+             --gin_file, so a student named by --student needs no hand-written gin.
   t5x:       <output_dir>/checkpoint_0/state/ (guide_jax.t5x_compat.write_t5x_checkpoint).
-  Both also get <output_dir>/guide_info.json (configs, options, explained variance).
+  hf:        a Hugging Face model of the (hf) teacher's family (guide_jax.hf_export.write_hf):
+             config.json, safetensors (--hf_dtype), the teacher's tokenizer and generation config.
+  All also get <output_dir>/guide_info.json (configs, options, explained variance; for an hf
+  teacher its tokenizer's fingerprint, which train checks the data against).
 Every check (flags, teacher present and complete and matching its config, student config valid and
 no larger than the teacher, output free unless --overwrite) runs before any compute or write. The
 output is built in a temporary sibling directory and moved into place when complete.
@@ -33,14 +43,15 @@ from typing import Optional
 from absl import app, flags, logging
 import jax
 
-from guide_jax import checkpoints, gin_utils, sharding, t5x_compat
+from guide_jax import checkpoints, gin_utils, sharding, student_shape, t5x_compat
 from guide_jax.config import BLOCKS, LAYER_SELECTIONS, OTHER_BLOCKS, GuideConfig, ModelConfig
 from guide_jax.data import atomic
 from guide_jax.transforms import check_dimensions, guide_init
 from guide_jax.transforms.select import select_layers
 
-FORMATS = ("guide_jax", "t5x")
+FORMATS = ("guide_jax", "t5x", "hf")
 INFO_FILE = "guide_info.json"
+MODEL_GIN = "model.gin"
 
 
 def define_flags() -> None:
@@ -54,12 +65,16 @@ def define_flags() -> None:
     else:
       getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
 
-  define("string", "teacher_dir", None, "Teacher: guide_jax run dir, or t5x checkpoint (--teacher_format=t5x).")
+  define("string", "teacher_dir", None, "Teacher: guide_jax run dir, t5x checkpoint (--teacher_format=t5x) "
+         "or Hugging Face model dir (--teacher_format=hf).")
   define("enum", "teacher_format", "guide_jax", "Teacher checkpoint format.", enum_values=list(FORMATS))
   define("string", "teacher_gin", None, "t5x teacher only: gin file defining MODEL = @ModelConfig().")
   define("multi_string", "teacher_gin_bindings", [], "t5x teacher only: gin bindings for --teacher_gin.")
   define("integer", "teacher_step", None, "guide_jax teacher: checkpoint step (default: latest).")
   define("string", "student_gin", None, "Student gin file defining MODEL = @ModelConfig().")
+  define("string", "student", None, "Student as overrides of the teacher's config: 'd_model=1024 n_layers=12'.")
+  define("float", "student_params", None, "Student by parameter budget in the teacher's family (e.g. 1e9).")
+  define("enum", "hf_dtype", "bfloat16", "--format=hf: safetensors dtype.", enum_values=["bfloat16", "float32"])
   define("string", "output_dir", None, "Where to write the student checkpoint.")
   define("enum", "format", "guide_jax", "Output checkpoint format.", enum_values=list(FORMATS))
   define("enum", "blocks", "first", "Blocks given the PCA mapping.", enum_values=list(BLOCKS))
@@ -76,6 +91,8 @@ _VOCAB_BINDING = re.compile(r"^\s*VOCAB_SIZE\s*=")
 
 
 def _output_entries(output_format: str, step: int = 0):
+  if output_format == "hf":
+    return ["config.json", INFO_FILE]
   return ["checkpoints" if output_format == "guide_jax" else f"checkpoint_{step}", INFO_FILE]
 
 
@@ -112,13 +129,16 @@ def _move_into_place(tmp: str, output_dir: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
+def convert(teacher_dir: str, student_config, output_dir: str, *,
             guide: GuideConfig = GuideConfig(), output_format: str = "guide_jax",
             teacher_format: str = "guide_jax", teacher_config: Optional[ModelConfig] = None,
-            teacher_step: Optional[int] = None, overwrite: bool = False) -> dict:
+            teacher_step: Optional[int] = None, overwrite: bool = False,
+            hf_dtype: str = "bfloat16") -> dict:
   """Teacher checkpoint -> GUIDE student checkpoint in output_dir. Returns the guide_info dict.
 
-  teacher_config: required for a t5x teacher (a guide_jax checkpoint carries its own).
+  student_config: a ModelConfig, or a function of the teacher's ModelConfig giving one
+  (student_shape.resolve). teacher_config: required for a t5x teacher (a guide_jax checkpoint
+  and a Hugging Face directory carry their own).
   Raises ValueError (checkpoints.CheckpointError / t5x_compat.T5xCheckpointError are ValueErrors)
   naming the problem, before anything is computed or written. Touches no gin state.
   """
@@ -126,8 +146,10 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
   for name, value, choices in (("format", output_format, FORMATS), ("teacher_format", teacher_format, FORMATS)):
     if value not in choices:
       raise ValueError(f"--{name} must be one of {choices}, got {value!r}")
-  if not isinstance(guide, GuideConfig) or not isinstance(student_config, ModelConfig):
+  if not isinstance(guide, GuideConfig) or not (isinstance(student_config, ModelConfig) or callable(student_config)):
     raise ValueError("convert needs a GuideConfig and a student ModelConfig")
+  if output_format == "hf" and teacher_format != "hf":
+    raise ValueError("--format=hf writes a model of the teacher's Hugging Face family: it needs --teacher_format=hf")
   for name, value in (("teacher_dir", teacher_dir), ("output_dir", output_dir)):
     if not value:
       raise ValueError(f"--{name} is required")
@@ -136,7 +158,17 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
   _check_output(output_dir, output_format, overwrite, teacher_dir)
 
   # 2. Teacher: present, complete, matching its config; the student no larger.
-  if teacher_format == "guide_jax":
+  teacher_params, tokenizer = None, None
+  if teacher_format == "hf":
+    from guide_jax import importers  # pylint: disable=g-import-not-at-top (safetensors)
+    from guide_jax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+
+    if teacher_config is not None or teacher_step is not None:
+      raise ValueError("a Hugging Face teacher carries its config: no --teacher_gin / --teacher_step")
+    tokenizer = hf_tokenizer.fingerprint(teacher_dir)  # the data must be tokenized by this
+    teacher_params, teacher_config = importers.import_hf(teacher_dir)
+    teacher_source = os.path.abspath(teacher_dir)
+  elif teacher_format == "guide_jax":
     if teacher_config is not None:
       raise ValueError("a guide_jax teacher checkpoint carries its ModelConfig: give --teacher_gin only "
                        "with --teacher_format=t5x")
@@ -149,15 +181,24 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
       raise ValueError("--teacher_step is for guide_jax teachers; point --teacher_dir at checkpoint_<step>")
     teacher_source = os.path.dirname(t5x_compat.find_t5x_checkpoint(teacher_dir))
     t5x_compat.check_t5x_checkpoint(teacher_dir, teacher_config)
+  if not isinstance(student_config, ModelConfig):
+    student_config = student_config(teacher_config)
   check_dimensions(teacher_config, student_config)
   select_layers(teacher_config.n_layers, student_config.n_layers, guide.layer_selection)
+  if output_format == "hf":
+    from guide_jax import hf_export  # pylint: disable=g-import-not-at-top
+
+    with open(os.path.join(teacher_dir, "config.json")) as f:
+      hf_export.check_representable(student_config, json.load(f).get("model_type"))
   logging.info("teacher %s: %s", teacher_source, teacher_config)
   logging.info("student: %s", student_config)
 
   # 3. Compute (only now): the teacher restored in shards, GUIDE compiled on the same mesh.
   mesh = sharding.make_mesh(model_parallel=jax.device_count())
   t_sh = sharding.param_shardings(teacher_config, mesh)
-  if teacher_format == "guide_jax":
+  if teacher_format == "hf":
+    teacher_params = jax.device_put(teacher_params, t_sh)
+  elif teacher_format == "guide_jax":
     teacher_params, _ = checkpoints.load_params(teacher_dir, t_sh, step=teacher_step)
   else:
     teacher_params = t5x_compat.load_t5x_params(teacher_dir, teacher_config, t_sh)
@@ -166,11 +207,18 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
                 "guide": dataclasses.asdict(guide), "teacher": teacher_source, "teacher_format": teacher_format,
                 "format": output_format, "teacher_config": dataclasses.asdict(teacher_config),
                 "student_config": dataclasses.asdict(student_config)}
+  if tokenizer is not None:
+    guide_info["tokenizer"] = tokenizer
   logging.info("GUIDE: explained variance %.4f, teacher layers %s", info.explained_variance,
                list(info.teacher_layers))
 
   # 4. Write into a temporary sibling directory, then move into place.
   output_dir = os.path.abspath(output_dir)
+  if output_format == "hf":
+    hf_export.write_hf(params, student_config, teacher_dir, output_dir, dtype=hf_dtype, overwrite=overwrite,
+                       extra_files={INFO_FILE: guide_info})
+    guide_info["output_dir"] = output_dir
+    return guide_info
   parent = os.path.dirname(output_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
@@ -182,8 +230,10 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
       mngr = checkpoints.manager(tmp, keep=1, params_only=True)
       checkpoints.save(mngr, 0, params, None, student_config, force=True,
                        extra={"init": "guide", "explained_variance": info.explained_variance,
-                              "teacher": teacher_source})
+                              "teacher": teacher_source, **({"tokenizer": tokenizer} if tokenizer else {})})
       mngr.close()
+      with open(os.path.join(tmp, MODEL_GIN), "w") as f:
+        f.write(student_shape.to_gin(student_config, f"the GUIDE student of {teacher_source}"))
     else:
       t5x_compat.write_t5x_checkpoint(tmp, params, student_config, step=0)
     atomic.atomic_write_json(os.path.join(tmp, INFO_FILE), guide_info)
@@ -199,8 +249,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   try:
-    if not f.student_gin:
-      raise ValueError("--student_gin is required")
+    named = [name for name in ("student_gin", "student", "student_params") if f[name].value is not None]
+    if len(named) != 1:
+      raise ValueError("name the student with exactly one of --student_gin, --student, --student_params"
+                       + (f" (got {', '.join('--' + n for n in named)})" if named else ""))
     guide = GuideConfig(blocks=f.blocks, other_blocks=f.other_blocks, layer_selection=f.layer_selection,
                         center=f.center, seed=f.seed)
     teacher_config, vocab = None, [b for b in f.gin_bindings if _VOCAB_BINDING.match(b)]
@@ -211,14 +263,25 @@ def main(argv):
       vocab_size = teacher_config.vocab_size
     elif f.teacher_gin or f.teacher_gin_bindings:
       raise ValueError("--teacher_gin / --teacher_gin_bindings are for --teacher_format=t5x only (a "
-                       "guide_jax checkpoint carries its ModelConfig)")
-    else:
+                       "guide_jax checkpoint or Hugging Face directory carries its config)")
+    elif f.student_gin and f.teacher_format == "hf":
+      raise ValueError("with --teacher_format=hf name the student with --student or --student_params")
+    elif f.student_gin:
       vocab_size = checkpoints.read_config(f.teacher_dir, f.teacher_step)[0].vocab_size if f.teacher_dir else 0
-    # VOCAB_SIZE defaults to the teacher's; model gins read it as a macro.
-    student_config = gin_utils.model_from_gin(f.student_gin, [f"VOCAB_SIZE = {vocab_size}", *f.gin_bindings])
+    if f.student_gin:
+      # VOCAB_SIZE defaults to the teacher's; model gins read it as a macro.
+      student_config = gin_utils.model_from_gin(f.student_gin, [f"VOCAB_SIZE = {vocab_size}", *f.gin_bindings])
+    else:
+      if f.gin_bindings:
+        raise ValueError("--gin.* bindings go with --student_gin; put student fields in --student")
+
+      def student_config(teacher):
+        student = student_shape.resolve(teacher, f.student, f.student_params)
+        print(f"student: {student_shape.describe(student, teacher)}", flush=True)
+        return student
     info = convert(f.teacher_dir, student_config, f.output_dir, guide=guide, output_format=f.format,
                    teacher_format=f.teacher_format, teacher_config=teacher_config,
-                   teacher_step=f.teacher_step, overwrite=f.overwrite)
+                   teacher_step=f.teacher_step, overwrite=f.overwrite, hf_dtype=f.hf_dtype)
   except ValueError as e:
     sys.exit(f"guide_jax.convert: error: {e}")
   print(f"explained variance: {info['explained_variance']:.6f}")

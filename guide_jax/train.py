@@ -130,6 +130,21 @@ def check_resume(model_dir: str, step: int, model: ModelConfig, run_meta: dict, 
     logging.warning("resuming %s with changed settings: %s", model_dir, "; ".join(changed))
 
 
+def check_data_tokenizer(tokens, sources) -> None:
+  """Refuse data made with another tokenizer than the one a start/teacher checkpoint records.
+
+  sources: run dirs (None skipped) whose checkpoint meta may hold "tokenizer" (convert from a
+  Hugging Face teacher writes it; a run trained on --tokenizer data carries its data's).
+  """
+  from guide_jax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+
+  for source in filter(None, sources):
+    expected = checkpoints.read_meta(source).get("tokenizer")
+    if expected:
+      hf_tokenizer.check_same(tokens.manifest.get("tokenizer"), expected, f"data {tokens.path}",
+                              f"{source}")
+
+
 def load_teacher(teacher: TeacherConfig, model: ModelConfig, init: str, mesh):
   """(params on their shardings, ModelConfig) of the teacher, checked before anything is written."""
   teacher_config, _ = checkpoints.read_config(teacher.teacher_dir)
@@ -187,6 +202,10 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   if tokens.vocab_size != model.vocab_size:
     raise ValueError(f"model vocab_size {model.vocab_size} != the data's vocabulary size {tokens.vocab_size} "
                      f"({data_dir}); bind VOCAB_SIZE = {tokens.vocab_size}")
+  check_data_tokenizer(tokens, [checkpoint.init_params_dir if start is None else None,
+                                 teacher.teacher_dir if teacher.kd_alpha > 0 or init in TEACHER_INITS else None])
+  if tokens.manifest.get("tokenizer"):
+    run_meta["tokenizer"] = tokens.manifest["tokenizer"]  # checkpoints record it (export checks it)
   for split, stream in (("train", tokens.train), ("validation", tokens.validation)):
     if stream.size < data.seq_len + 1:
       raise ValueError(f"{data_dir} {split} has {stream.size} tokens, fewer than one row of {data.seq_len + 1}")
