@@ -7,6 +7,9 @@ POSITION_EMBEDDINGS = ("rope", "relpos")
 MLP_ACTIVATIONS = ("gelu", "silu", "relu", "gelu_exact")  # gelu: tanh approximation; gelu_exact: erf
 ROPE_SCALINGS = ("none", "linear", "llama3")
 DTYPES = ("float32", "bfloat16")
+PARAM_DTYPES = ("float32", "bfloat16", "float16")  # float16: Hugging Face checkpoints stored in it
+EMBEDDING_STYLES = ("t5x", "hf", "gemma")
+LAYER_KINDS = "GL"  # layer_pattern letters: G global (full causal) attention, L local (sliding window)
 REMAT_POLICIES = ("none", "full", "dots")
 BLOCKS = ("first", "all", "none")
 OTHER_BLOCKS = ("uniform_selection", "random")
@@ -26,6 +29,27 @@ class ModelConfig:
     rope_original_max_positions / rope_high_freq_factor kept, above rope_original_max_positions /
     rope_low_freq_factor divided by rope_scaling_factor, interpolated in between). The factors are
     used only by the scalings that name them and must keep their defaults otherwise.
+
+  Options for the Hugging Face families (Llama 3, Mistral, Qwen 2/3, Gemma 1/2/3), all OFF by
+  default, so a default config is t5x's decoder-only layout (docs/gqa_and_families.md):
+  n_kv_heads (k): grouped-query attention; None means k = h (t5x's tree). key/value kernels are
+    [d, k*l]; query head j reads kv head j // (h // k) (transformers' repeat_kv).
+  qkv_bias / out_bias: biases on query/key/value ([h*l], [k*l]) and on out ([d]).
+  qk_norm: per-head RMSNorm over l of queries and keys (scale [l]) before RoPE (Qwen 3, Gemma 3).
+  post_norms: RMSNorm after attention and after the MLP, before the residual add (Gemma 2/3).
+  norm_offset: every RMSNorm multiplies by (norm_offset + scale) (Gemma stores scale - 1: 1.0).
+  attn_logit_softcap / final_logit_softcap: c * tanh(z / c) of attention logits / output logits.
+  query_pre_attn_scalar: None (t5x): the 1/sqrt(l) of attention lives in the query kernel and the
+    logits are q.k; a number s: the query kernel is unscaled and the logits are q.k / sqrt(s)
+    (transformers' layout: s = head_dim for Llama, Qwen, Mistral; Gemma 2/3 set their own).
+  embedding_style: 't5x' (x0 = E[tok], tied logits y E^T / sqrt(d)), 'hf' (x0 = E[tok], tied
+    logits y E^T) or 'gemma' (x0 = sqrt(d) E[tok], tied logits y E^T).
+  layer_pattern: per layer 'G' (global: full causal attention) or 'L' (local: each token attends to
+    the sliding_window tokens up to itself), repeated cyclically over the layers ('' = all 'G';
+    'LLLLLG' is Gemma 3's 5:1, 'LG' Gemma 2's alternation, 'L' Mistral's).
+  sliding_window: the local layers' window (required iff the pattern has an 'L').
+  rope_local_theta: RoPE theta of the local layers, without rope_scaling (Gemma 3's local base
+    frequency); None: local layers use the global RoPE.
   """
   vocab_size: int
   d_model: int
@@ -49,6 +73,19 @@ class ModelConfig:
   rope_low_freq_factor: float = 1.0
   rope_high_freq_factor: float = 4.0
   rope_original_max_positions: int = 8192
+  n_kv_heads: Optional[int] = None
+  qkv_bias: bool = False
+  out_bias: bool = False
+  qk_norm: bool = False
+  post_norms: bool = False
+  norm_offset: float = 0.0
+  attn_logit_softcap: Optional[float] = None
+  final_logit_softcap: Optional[float] = None
+  query_pre_attn_scalar: Optional[float] = None
+  embedding_style: str = "t5x"
+  layer_pattern: str = ""
+  sliding_window: Optional[int] = None
+  rope_local_theta: Optional[float] = None
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_dim"):
@@ -58,12 +95,68 @@ class ModelConfig:
     _check_choice("position_embedding", self.position_embedding, POSITION_EMBEDDINGS)
     _check_choice("mlp_activation", self.mlp_activation, MLP_ACTIVATIONS)
     _check_choice("dtype", self.dtype, DTYPES)
-    _check_choice("param_dtype", self.param_dtype, DTYPES)
+    _check_choice("param_dtype", self.param_dtype, PARAM_DTYPES)
     _check_choice("remat", self.remat, REMAT_POLICIES)
     _check_choice("attention_impl", self.attention_impl, ("xla", "cudnn"))
     if self.position_embedding == "rope" and self.head_dim % 2:
       raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
     self._check_rope_scaling()
+    self._check_family_options()
+
+  def _check_family_options(self):
+    if self.n_kv_heads is not None:
+      k = self.n_kv_heads
+      if not isinstance(k, int) or isinstance(k, bool) or k <= 0 or self.n_heads % k:
+        raise ValueError(f"ModelConfig.n_kv_heads must be None or a positive int dividing n_heads="
+                         f"{self.n_heads}, got {k!r}")
+    for name in ("qkv_bias", "out_bias", "qk_norm", "post_norms"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
+    if not isinstance(self.norm_offset, (int, float)) or isinstance(self.norm_offset, bool):
+      raise ValueError(f"ModelConfig.norm_offset must be a number, got {self.norm_offset!r}")
+    for name in ("attn_logit_softcap", "final_logit_softcap", "query_pre_attn_scalar", "rope_local_theta"):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0):
+        raise ValueError(f"ModelConfig.{name} must be None or a number > 0, got {value!r}")
+    _check_choice("embedding_style", self.embedding_style, EMBEDDING_STYLES)
+    if not isinstance(self.layer_pattern, str) or set(self.layer_pattern) - set(LAYER_KINDS):
+      raise ValueError(f"ModelConfig.layer_pattern must be a string of 'G' (global) and 'L' (local) "
+                       f"layers, got {self.layer_pattern!r}")
+    window = self.sliding_window
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window <= 0):
+      raise ValueError(f"ModelConfig.sliding_window must be None or a positive int, got {window!r}")
+    if ("L" in self.layer_pattern) != (window is not None):
+      raise ValueError("ModelConfig.sliding_window is required exactly when layer_pattern has local 'L' "
+                       f"layers, got layer_pattern={self.layer_pattern!r}, sliding_window={window!r}")
+    if self.rope_local_theta is not None and "L" not in self.layer_pattern:
+      raise ValueError("ModelConfig.rope_local_theta needs local 'L' layers in layer_pattern")
+    if self.qk_norm and self.query_pre_attn_scalar is None:
+      raise ValueError("ModelConfig.qk_norm needs query_pre_attn_scalar (with normalized queries the "
+                       "attention scale cannot live in the query kernel; set it to head_dim)")
+    if self.position_embedding == "relpos" and (self.rope_local_theta is not None):
+      raise ValueError("ModelConfig.rope_local_theta needs position_embedding='rope'")
+
+  @property
+  def kv_heads(self) -> int:
+    """k: the number of key/value heads (n_kv_heads, or n_heads when it is None)."""
+    return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+  def layer_kind(self, i: int) -> str:
+    """'G' or 'L': the attention kind of layer i (layer_pattern repeated cyclically)."""
+    return self.layer_pattern[i % len(self.layer_pattern)] if self.layer_pattern else "G"
+
+  def t5x_incompatibilities(self):
+    """The settings t5x's decoder-only network cannot represent (an empty list: t5x-exportable)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    names = ("n_kv_heads", "qkv_bias", "out_bias", "qk_norm", "post_norms", "norm_offset",
+             "attn_logit_softcap", "final_logit_softcap", "query_pre_attn_scalar", "embedding_style",
+             "sliding_window", "rope_local_theta")
+    problems = [f"{name}={getattr(self, name)!r}" for name in names if getattr(self, name) != defaults[name]]
+    if self.n_kv_heads == self.n_heads:
+      problems.remove(f"n_kv_heads={self.n_kv_heads!r}")
+    if self.layer_pattern.replace("G", ""):
+      problems.append(f"layer_pattern={self.layer_pattern!r}")
+    return problems
 
   def _check_rope_scaling(self):
     _check_choice("rope_scaling", self.rope_scaling, ROPE_SCALINGS)
@@ -94,7 +187,10 @@ class ModelConfig:
   def num_params(self) -> int:
     """Parameter count (embedding included once when tied)."""
     d, h, l, f, v = self.d_model, self.n_heads, self.head_dim, self.mlp_dim, self.vocab_size
-    block = 4 * d * h * l + 3 * d * f + 2 * d
+    k = self.kv_heads
+    block = 2 * d * h * l + 2 * d * k * l + 3 * d * f + 2 * d
+    block += (h * l + 2 * k * l if self.qkv_bias else 0) + (d if self.out_bias else 0)
+    block += (2 * l if self.qk_norm else 0) + (2 * d if self.post_norms else 0)
     extra = (self.n_heads * self.relpos_buckets) if self.position_embedding == "relpos" else 0
     return v * d * (1 if self.tie_embeddings else 2) + self.n_layers * block + d + extra
 
@@ -105,7 +201,7 @@ class ModelConfig:
   def forward_flops_per_token(self, seq_len: int) -> float:
     """Forward FLOPs per token: 2 * (matmul params incl. output layer) + 4 * n * h * l * seq_len."""
     d, h, l, f, v = self.d_model, self.n_heads, self.head_dim, self.mlp_dim, self.vocab_size
-    matmul_params = self.n_layers * (4 * d * h * l + 3 * d * f) + d * v
+    matmul_params = self.n_layers * (2 * d * h * l + 2 * d * self.kv_heads * l + 3 * d * f) + d * v
     return 2 * matmul_params + 4 * self.n_layers * h * l * seq_len
 
 

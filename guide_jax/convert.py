@@ -190,6 +190,9 @@ def convert(teacher_dir: str, student_config, output_dir: str, *,
 
     with open(os.path.join(teacher_dir, "config.json")) as f:
       hf_export.check_representable(student_config, json.load(f).get("model_type"))
+  if output_format == "t5x" and student_config.t5x_incompatibilities():
+    raise ValueError("--format=t5x: t5x's decoder-only network has no "
+                     + ", ".join(student_config.t5x_incompatibilities()) + " (the student's ModelConfig)")
   logging.info("teacher %s: %s", teacher_source, teacher_config)
   logging.info("student: %s", student_config)
 

@@ -14,6 +14,17 @@ Parameter tree (exactly t5x/examples/decoder_only, so GUIDE transforms apply to 
 As in t5x, attention kernels are stored 2-D and reshaped heads-major ([d, h*l] -> [d, h, l]) only
 inside the forward pass; attention logits are q.k with no 1/sqrt(l): that factor lives in the query
 kernel's init.
+
+Options for the Hugging Face families (ModelConfig; all off by default, each adds or reshapes only
+its own leaves; docs/gqa_and_families.md):
+  n_kv_heads = k < h: self_attention/{key,value}/kernel [d, k*l]; query head j reads kv head
+    j // (h // k) (transformers' repeat_kv; jax.nn.dot_product_attention's grouping).
+  qkv_bias: self_attention/{query,key,value}/bias [h*l] / [k*l] ('joined_kv',); out_bias:
+    self_attention/out/bias [d] ('embed',).
+  qk_norm: self_attention/{query,key}_norm/scale [l] ('kv',) (per-head RMSNorm before RoPE).
+  post_norms: layers_{i}/post_self_attention_layer_norm/scale, layers_{i}/post_mlp_layer_norm/scale [d].
+Per-layer options (layer_pattern: sliding window mask, RoPE frequencies) reach a layer as call
+arguments (mask, freqs), so every DecoderLayer is the same module.
 """
 import functools
 import math
@@ -30,7 +41,7 @@ Array = Any
 
 
 def _dtype(name: str):
-  return jnp.bfloat16 if name == "bfloat16" else jnp.float32
+  return {"bfloat16": jnp.bfloat16, "float16": jnp.float16}.get(name, jnp.float32)
 
 
 def _fan_in_init(fan_in: int, scale: float = 1.0):
@@ -40,18 +51,24 @@ def _fan_in_init(fan_in: int, scale: float = 1.0):
 
 
 class RMSNorm(nn.Module):
-  """T5 layer norm: x / sqrt(mean(x^2) + eps) * scale; param 'scale' [d] ('embed',)."""
+  """T5 layer norm: x / sqrt(mean(x^2) + eps) * (offset + scale); param 'scale' [d] (axis,).
+
+  offset 0 is t5x's / Llama's norm (scale starts at ones); offset 1 is Gemma's (scale starts at 0).
+  """
   eps: float = 1e-6
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  offset: float = 0.0
+  axis_name: str = "embed"
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+    init = nn.initializers.constant(1.0 - self.offset)
+    scale = self.param("scale", nn.with_logical_partitioning(init, (self.axis_name,)),
                        (x.shape[-1],), self.param_dtype)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+    return (y * (self.offset + scale.astype(jnp.float32))).astype(self.dtype)
 
 
 class Kernel(nn.Module):
@@ -65,6 +82,7 @@ class Kernel(nn.Module):
   init_scale: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  use_bias: bool = False  # param 'bias' [*out_shape] (the output axes of `axes`), zeros at init
 
   @nn.compact
   def __call__(self, x):
@@ -74,11 +92,19 @@ class Kernel(nn.Module):
         _fan_in_init(fan_in, self.init_scale), tuple(self.axes)), shape, self.param_dtype)
     n_in = len(self.in_shape)
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.axes)[n_in:]),
+                        tuple(self.out_shape), self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
-def rope_frequencies(config: ModelConfig) -> np.ndarray:
+def rope_frequencies(config: ModelConfig, local: bool = False) -> np.ndarray:
   """RoPE inverse frequencies [l/2] float32, as transformers' ROPE_INIT_FUNCTIONS compute them.
+
+  local=True: the frequencies of a local ('L') layer: theta = rope_local_theta without scaling
+  when the config sets it, else the global ones.
 
   Base: theta^(-2i/l), i < l/2. rope_scaling 'linear' divides them all by the factor; 'llama3'
   (Llama 3.1) keeps wavelengths 2 pi / freq below original / high_freq_factor, divides those above
@@ -88,6 +114,8 @@ def rope_frequencies(config: ModelConfig) -> np.ndarray:
   """
   l = config.head_dim
   freqs = 1.0 / config.rope_theta ** (np.arange(0, l, 2, dtype=np.float64) / l)
+  if local and config.rope_local_theta is not None:  # Gemma 3's local layers: their own theta, unscaled
+    return (1.0 / config.rope_local_theta ** (np.arange(0, l, 2, dtype=np.float64) / l)).astype(np.float32)
   factor = float(config.rope_scaling_factor)
   if config.rope_scaling == "linear":
     freqs = freqs / factor
@@ -141,29 +169,57 @@ class RelativePositionBiases(nn.Module):
     return jnp.take(table.astype(jnp.float32), buckets, axis=1)[None]  # [1, h, T, T]
 
 
+def attention(q, k, v, bias, mask, scale: float, softcap=None, implementation=None):
+  """Grouped-query attention. q [B, T, h, l], k/v [B, S, k, l] (query head j reads kv head
+  j // (h // k)), bias [1 | B, h, T, S] or None, mask [B, 1, T, S] bool -> [B, T, h, l].
+
+  logits = scale * q.k (+ bias), soft-capped to softcap * tanh(logits / softcap) when softcap is
+  set (Gemma 2); without a cap this is jax.nn.dot_product_attention (which groups heads the same way).
+  """
+  if softcap is None:
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
+                                        implementation=implementation)
+  b, t, h, l = q.shape
+  kv = k.shape[2]
+  qg = q.reshape(b, t, kv, h // kv, l)
+  logits = jnp.einsum("btkgl,bskl->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32).reshape(bias.shape[0], kv, h // kv, t, -1)
+  logits = softcap * jnp.tanh(logits / softcap)
+  logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bkgts,bskl->btkgl", probs, v).reshape(b, t, h, l)
+
+
 class SelfAttention(nn.Module):
-  """Causal multi-head self-attention with t5x kernel names query/key/value/out."""
+  """Causal (grouped-query) self-attention with t5x kernel names query/key/value/out."""
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, mask, bias, positions):
+  def __call__(self, x, mask, bias, positions, freqs=None):
     cfg = self.config
-    d, h, l = cfg.d_model, cfg.n_heads, cfg.head_dim
+    d, h, kv, l = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
     dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
-    proj = functools.partial(Kernel, in_shape=(d,), out_shape=(h * l,), axes=("embed", "joined_kv"),
-                             dtype=dt, param_dtype=pdt)
-    heads = lambda y: y.reshape(y.shape[:-1] + (h, l))  # heads-major, as t5x's DenseGeneral
-    q = heads(proj(name="query", init_scale=1.0 / l)(x))  # 1/sqrt(l) folded into the query kernel
-    k = heads(proj(name="key")(x))
-    v = heads(proj(name="value")(x))
+    proj = functools.partial(Kernel, in_shape=(d,), axes=("embed", "joined_kv"), dtype=dt,
+                             param_dtype=pdt, use_bias=cfg.qkv_bias)
+    heads = lambda y, n: y.reshape(y.shape[:-1] + (n, l))  # heads-major, as t5x's DenseGeneral
+    folded = cfg.query_pre_attn_scalar is None  # t5x: 1/sqrt(l) folded into the query kernel
+    q = heads(proj(out_shape=(h * l,), name="query", init_scale=1.0 / l if folded else 1.0)(x), h)
+    k = heads(proj(out_shape=(kv * l,), name="key")(x), kv)
+    v = heads(proj(out_shape=(kv * l,), name="value")(x), kv)
+    if cfg.qk_norm:
+      norm = functools.partial(RMSNorm, eps=cfg.norm_eps, dtype=dt, param_dtype=pdt, offset=cfg.norm_offset,
+                               axis_name="kv")
+      q, k = norm(name="query_norm")(q), norm(name="key_norm")(k)
     if cfg.position_embedding == "rope":
-      freqs = rope_frequencies(cfg)
+      freqs = rope_frequencies(cfg) if freqs is None else freqs
       q, k = rope(q, positions, freqs), rope(k, positions, freqs)
-    y = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0,
-                                     implementation=cfg.attention_impl if cfg.attention_impl != "xla" else None)
+    scale = 1.0 if folded else float(cfg.query_pre_attn_scalar) ** -0.5
+    y = attention(q, k, v, bias, mask, scale, cfg.attn_logit_softcap,
+                  cfg.attention_impl if cfg.attention_impl != "xla" else None)
     y = y.reshape(y.shape[:-2] + (h * l,))
     return Kernel(in_shape=(h * l,), out_shape=(d,), axes=("joined_kv", "embed"), dtype=dt,
-                  param_dtype=pdt, name="out")(y)
+                  param_dtype=pdt, use_bias=cfg.out_bias, name="out")(y)
 
 
 # ModelConfig.mlp_activation -> function ('gelu' is t5x's tanh approximation, 'gelu_exact' the erf form).
@@ -190,23 +246,39 @@ class MlpBlock(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.))."""
+  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.)); with post_norms (Gemma 2/3)
+  x + post_norm(attn(norm(x))), then + post_norm(mlp(norm(.))).
+
+  mask [B, 1, T, T] and freqs [l/2] are this layer's (its layer_pattern kind), passed by the caller.
+  """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, mask, bias, positions):
+  def __call__(self, x, mask, bias, positions, freqs=None):
     cfg = self.config
     norm = functools.partial(RMSNorm, eps=cfg.norm_eps, dtype=_dtype(cfg.dtype),
-                             param_dtype=_dtype(cfg.param_dtype))
-    x = x + SelfAttention(cfg, name="self_attention")(
-        norm(name="pre_self_attention_layer_norm")(x), mask, bias, positions)
-    return x + MlpBlock(cfg, name="mlp")(norm(name="pre_mlp_layer_norm")(x))
+                             param_dtype=_dtype(cfg.param_dtype), offset=cfg.norm_offset)
+    y = SelfAttention(cfg, name="self_attention")(
+        norm(name="pre_self_attention_layer_norm")(x), mask, bias, positions, freqs)
+    x = x + (norm(name="post_self_attention_layer_norm")(y) if cfg.post_norms else y)
+    y = MlpBlock(cfg, name="mlp")(norm(name="pre_mlp_layer_norm")(x))
+    return x + (norm(name="post_mlp_layer_norm")(y) if cfg.post_norms else y)
 
 
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
+
+
+def embedding_scale(config: ModelConfig) -> float:
+  """a: the first residual is a * E[tok] (sqrt(d) for embedding_style 'gemma', else 1)."""
+  return math.sqrt(config.d_model) if config.embedding_style == "gemma" else 1.0
+
+
+def tied_logits_scale(config: ModelConfig) -> float:
+  """c: tied logits are c * y E^T (1 / sqrt(d) for embedding_style 't5x', else 1)."""
+  return 1.0 / math.sqrt(config.d_model) if config.embedding_style == "t5x" else 1.0
 
 
 class Decoder(nn.Module):
@@ -224,25 +296,41 @@ class Decoder(nn.Module):
     if segment_ids is not None:
       mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
     mask = jnp.broadcast_to(mask, (b, 1, t, t))
+    masks = {"G": mask}
+    if cfg.sliding_window is not None:  # local layers: key j visible from query i iff i - window < j <= i
+      pos = jnp.arange(t)
+      masks["L"] = mask & (pos[None, :] > pos[:, None] - cfg.sliding_window)[None, None]
+    freqs = {"G": None, "L": None}
+    if cfg.position_embedding == "rope":
+      freqs = {"G": rope_frequencies(cfg), "L": rope_frequencies(cfg, local=True)}
     bias = None
     if cfg.position_embedding == "relpos":
       bias = RelativePositionBiases(cfg.n_heads, cfg.relpos_buckets, cfg.relpos_max_distance,
                                     param_dtype=pdt, name="relpos_bias")(t).astype(dt)
     table = TokenEmbedder(cfg.vocab_size, cfg.d_model, param_dtype=pdt, name="token_embedder")
-    x = table(tokens).astype(dt)
+    x = table(tokens)
+    if cfg.embedding_style == "gemma":  # Gemma: x0 = sqrt(d) E[tok]
+      x = x.astype(jnp.float32) * jnp.sqrt(jnp.float32(cfg.d_model))
+    x = x.astype(dt)
     layer_cls = DecoderLayer
     if cfg.remat != "none":
       layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat])
     hidden = []
     for i in range(cfg.n_layers):
-      x = layer_cls(cfg, name=f"layers_{i}")(x, mask, bias, positions)
+      kind = cfg.layer_kind(i)
+      x = layer_cls(cfg, name=f"layers_{i}")(x, masks[kind], bias, positions, freqs[kind])
       hidden.append(x)
-    y = RMSNorm(eps=cfg.norm_eps, dtype=jnp.float32, param_dtype=pdt, name="decoder_norm")(x)
+    y = RMSNorm(eps=cfg.norm_eps, dtype=jnp.float32, param_dtype=pdt, offset=cfg.norm_offset,
+                name="decoder_norm")(x)
     if cfg.tie_embeddings:
-      logits = table.attend(y) / jnp.sqrt(jnp.float32(cfg.d_model))
+      logits = table.attend(y)
+      if cfg.embedding_style == "t5x":  # t5x: y E^T / sqrt(d); transformers: y E^T
+        logits = logits / jnp.sqrt(jnp.float32(cfg.d_model))
     else:
       logits = Kernel(in_shape=(cfg.d_model,), out_shape=(cfg.vocab_size,), axes=("embed", "vocab"),
                       dtype=jnp.float32, param_dtype=pdt, name="logits_dense")(y)
+    if cfg.final_logit_softcap is not None:
+      logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
     return (logits, hidden) if return_hidden else logits
 
 

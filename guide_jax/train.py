@@ -116,7 +116,8 @@ def check_resume(model_dir: str, step: int, model: ModelConfig, run_meta: dict, 
   diff = [f"{k}: checkpoint {saved_model.get(k)!r} != this run {mine[k]!r}" for k in mine
           if saved_model.get(k) != mine[k] and k in ModelConfig.__dataclass_fields__]
   shape_keys = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_dim", "tie_embeddings",
-                "position_embedding", "relpos_buckets", "param_dtype")
+                "position_embedding", "relpos_buckets", "param_dtype", "n_kv_heads", "qkv_bias", "out_bias",
+                "qk_norm", "post_norms")
   if any(saved_model.get(k) != mine[k] for k in shape_keys):
     raise ValueError(f"{model_dir} holds a checkpoint (step {step}) of another model: " + "; ".join(diff)
                      + ". Use a new MODEL_DIR for this model.")

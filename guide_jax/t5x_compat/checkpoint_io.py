@@ -51,6 +51,11 @@ def write_t5x_checkpoint(model_dir: str, params, config: ModelConfig, *, step: i
   into a temporary directory and renames it when complete. Returns the checkpoint_<step> path.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  unrepresentable = config.t5x_incompatibilities()
+  if unrepresentable:
+    raise T5xCheckpointError("refusing to write a t5x checkpoint: t5x's decoder-only network has no "
+                             f"{', '.join(unrepresentable)} (grouped-query attention and the Hugging Face "
+                             "family options are guide_jax-only; export those to Hugging Face instead)")
   got = {k: tuple(np.shape(v)) for k, v in validate.flatten(params).items()}
   problems = _shape_problems(got, config)
   if problems:

@@ -5,7 +5,9 @@ With M [d_T, d_S] the PCA components and x_T ~ x_S M^T, for a block whose pre-no
   output-side kernels (out, wo):                        W_S = W_T M
 and the student's norm scales are ones, so RMSNorm_T(x_S M^T) W_T = RMSNorm_S(x_S) W_S exactly.
 Heads, head dims and MLP width shrink by uniform selection first (heads on the heads-major
-reshape of t5x's joined [d, h*l] kernels).
+reshape of t5x's joined [d, h*l] kernels; grouped-query teachers keep whole kv groups and the
+query heads inside them: transforms/common.py). Biases, q/k norms, post-norms and the embedding
+styles of the Hugging Face families: docs/gqa_and_families.md.
 
 guide_init is one compiled program: with a mesh, the teacher goes in with the shardings of its
 logical axes and the student comes out with its own, so no device holds more than its shards of
@@ -19,11 +21,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from guide_jax import model, sharding
+from guide_jax import model
 from guide_jax.config import GuideConfig, ModelConfig
-from guide_jax.transforms import validate
+from guide_jax.transforms import common, validate
+from guide_jax.transforms.common import select_block
 from guide_jax.transforms.pca import HIGHEST, pca_table
-from guide_jax.transforms.select import select_heads, select_layers, uniform_select
+from guide_jax.transforms.select import select_layers, uniform_select
 
 _QKV = ("query", "key", "value")
 
@@ -57,32 +60,16 @@ def _output_side(kernel, components):
   return jnp.tensordot(kernel.astype(jnp.float32), components, axes=1, precision=HIGHEST)
 
 
-def select_block(teacher_layer, teacher_config: ModelConfig, student_config: ModelConfig, d_out: int):
-  """Uniform selection of every array of one teacher layer, the model width shrunk to d_out.
-
-  Attention kernels select whole heads on their heads-major reshape ([d, h*l] -> [d, h, l]).
-  d_out = d_S gives Weight Selection of the whole layer; d_out = d_T keeps the teacher's width
-  for map_block's PCA mapping.
-  """
-  t, s = teacher_config, student_config
-  heads, head_dim = (t.n_heads, s.n_heads), (t.head_dim, s.head_dim)
-  attn, mlp = teacher_layer["self_attention"], teacher_layer["mlp"]
-  d_t = t.d_model
-  new_attn = {name: {"kernel": select_heads(attn[name]["kernel"], 1, heads, head_dim, (d_t, d_out))}
-              for name in _QKV}
-  new_attn["out"] = {"kernel": select_heads(attn["out"]["kernel"], 0, heads, head_dim, (d_t, d_out))}
-  new_mlp = {name: {"kernel": uniform_select(mlp[name]["kernel"], (d_out, s.mlp_dim))} for name in ("wi_0", "wi_1")}
-  new_mlp["wo"] = {"kernel": uniform_select(mlp["wo"]["kernel"], (s.mlp_dim, d_out))}
-  norms = {name: {"scale": uniform_select(teacher_layer[name]["scale"], (d_out,))}
-           for name in ("pre_self_attention_layer_norm", "pre_mlp_layer_norm")}
-  return {**norms, "self_attention": new_attn, "mlp": new_mlp}
-
-
 def map_block(teacher_layer, components, teacher_config: ModelConfig, student_config: ModelConfig):
-  """One teacher decoder layer -> the student's layer in PCA coordinates (spec section 2).
+  """One teacher decoder layer (norm scales as gains) -> the student's layer in PCA coordinates.
 
   teacher_layer: t5x layer dict (pre_self_attention_layer_norm, self_attention, pre_mlp_layer_norm,
-  mlp). components: M [d_T, d_S]. Heads, head dims and MLP width are uniformly selected first.
+  mlp; post norms with post_norms). components: M [d_T, d_S]. Kv groups, query heads, head dims
+  and MLP width are uniformly selected first (common.select_block at width d_T). Then:
+    input-side kernels: sqrt(d_T / d_S) M^T diag(g) W; their biases, q/k norm gains: unchanged;
+    output-side kernels and the out bias: W M, b M;
+    pre-norm gains: ones (the teacher's g went into the kernels);
+    post-norm gains: sqrt(d_T / d_S) diag(M^T diag(g) M)  **approximate** (docs/gqa_and_families.md).
   """
   d_t, d_s = components.shape
   rescale = math.sqrt(d_t / d_s)
@@ -90,29 +77,49 @@ def map_block(teacher_layer, components, teacher_config: ModelConfig, student_co
   g_mlp = teacher_layer["pre_mlp_layer_norm"]["scale"]
   narrow = select_block(teacher_layer, teacher_config, student_config, d_t)
   attn, mlp = narrow["self_attention"], narrow["mlp"]
-  out = {name: {"kernel": _input_side(attn[name]["kernel"], g_attn, components, rescale)} for name in _QKV}
-  out["out"] = {"kernel": _output_side(attn["out"]["kernel"], components)}
+  out = dict(attn)
+  for name in _QKV:
+    out[name] = {**attn[name], "kernel": _input_side(attn[name]["kernel"], g_attn, components, rescale)}
+  out["out"] = {key: _output_side(value, components) for key, value in attn["out"].items()}
   new_mlp = {name: {"kernel": _input_side(mlp[name]["kernel"], g_mlp, components, rescale)}
              for name in ("wi_0", "wi_1")}
   new_mlp["wo"] = {"kernel": _output_side(mlp["wo"]["kernel"], components)}
   ones = jnp.ones((d_s,), jnp.float32)
-  return {"pre_self_attention_layer_norm": {"scale": ones}, "self_attention": out,
-          "pre_mlp_layer_norm": {"scale": ones}, "mlp": new_mlp}
+  layer = {"pre_self_attention_layer_norm": {"scale": ones}, "self_attention": out,
+           "pre_mlp_layer_norm": {"scale": ones}, "mlp": new_mlp}
+  for name in ("post_self_attention_layer_norm", "post_mlp_layer_norm"):
+    if name in narrow:
+      g = narrow[name]["scale"].astype(jnp.float32)
+      layer[name] = {"scale": rescale * jnp.einsum("ds,d->s", components ** 2, g, precision=HIGHEST)}
+  return layer
+
+
+def output_rescale(teacher_config: ModelConfig, student_config: ModelConfig, d_t: int, d_s: int) -> float:
+  """r = c_T sqrt(d_T / d_S) a_S / (c_S a_T): the tied student's final-norm factor (a, c:
+  model.embedding_scale, model.tied_logits_scale); 1 for t5x -> t5x and gemma -> gemma."""
+  a_t, a_s = model.embedding_scale(teacher_config), model.embedding_scale(student_config)
+  c_t, c_s = model.tied_logits_scale(teacher_config), model.tied_logits_scale(student_config)
+  return c_t * math.sqrt(d_t / d_s) * a_s / (c_s * a_t)
 
 
 def map_output(teacher_decoder, components, teacher_config: ModelConfig, student_config: ModelConfig):
   """decoder_norm (+ logits_dense when the student is untied) in the student's coordinates.
 
-  Untied student: logits kernel maps like an input-side kernel and the final norm becomes ones.
-  Tied student: logits = norm(y) g E_S^T / sqrt(d_S); the best diagonal g_S with
-  diag(g_S) M^T ~ M^T diag(g_T) is g_S = diag(M^T diag(g_T) M) (exact when g_T is uniform).
+  Untied student: logits kernel maps like an input-side kernel and the final norm becomes ones
+  (a tied teacher's kernel is c_T E_T^T, model.tied_logits_scale).
+  Tied student: logits = c_S norm(y) g_S E_S^T; the best diagonal g_S with diag(g_S) M^T ~
+  M^T diag(g_T) is g_S = r diag(M^T diag(g_T) M) (exact when g_T is uniform; r: output_rescale).
+  The teacher's decoder_norm scale is a gain (common.to_gains).
   """
   d_t, d_s = components.shape
   g_t = teacher_decoder["decoder_norm"]["scale"].astype(jnp.float32)
   if student_config.tie_embeddings:
-    return {"decoder_norm": {"scale": jnp.einsum("ds,d->s", components ** 2, g_t, precision=HIGHEST)}}
-  if teacher_config.tie_embeddings:  # teacher logits = norm(y) g E_T^T / sqrt(d_T)
-    kernel_t = teacher_decoder["token_embedder"]["embedding"].astype(jnp.float32).T / math.sqrt(d_t)
+    r = output_rescale(teacher_config, student_config, d_t, d_s)
+    return {"decoder_norm": {"scale": r * jnp.einsum("ds,d->s", components ** 2, g_t, precision=HIGHEST)}}
+  if teacher_config.tie_embeddings:  # teacher logits = c_T norm(y) g E_T^T
+    kernel_t = teacher_decoder["token_embedder"]["embedding"].astype(jnp.float32).T
+    if teacher_config.embedding_style == "t5x":
+      kernel_t = kernel_t / math.sqrt(d_t)
   else:
     kernel_t = teacher_decoder["logits_dense"]["kernel"]
   return {"decoder_norm": {"scale": jnp.ones((d_s,), jnp.float32)},
@@ -122,29 +129,31 @@ def map_output(teacher_decoder, components, teacher_config: ModelConfig, student
 def _guide(teacher_params, teacher_config: ModelConfig, student_config: ModelConfig, guide: GuideConfig,
            teacher_layers: Tuple[int, ...]):
   """The traced body of guide_init: teacher tree -> (student tree, ratio [d_S], M [d_T, d_S])."""
-  teacher = teacher_params["decoder"]
+  t, s = teacher_config, student_config
+  teacher = common.to_gains(teacher_params["decoder"], t)
   table = teacher["token_embedder"]["embedding"]  # vocab-sharded as restored: local rows only
-  pca = pca_table(table, student_config.d_model, table.shape[0], guide.center)
+  pca = pca_table(table, s.d_model, table.shape[0], guide.center)
   m = pca.components
   fresh = None
   if guide.starts_random:  # only the used parts survive XLA's dead-code elimination
-    fresh = model.init_params(student_config, jax.random.PRNGKey(guide.seed))["decoder"]
-  student = {"token_embedder": {"embedding": pca.embedding}}
+    fresh = common.to_gains(model.init_params(s, jax.random.PRNGKey(guide.seed))["decoder"], s)
+  embedding = pca.embedding
+  if model.embedding_scale(t) != model.embedding_scale(s):  # x_S0 = a_S E_S[tok] = x_T0 M
+    embedding = embedding * (model.embedding_scale(t) / model.embedding_scale(s))
+  student = {"token_embedder": {"embedding": embedding}}
   for i, j in enumerate(teacher_layers):
     layer = teacher[f"layers_{j}"]
     if guide.blocks == "all" or (guide.blocks == "first" and i == 0):
-      student[f"layers_{i}"] = map_block(layer, m, teacher_config, student_config)
+      student[f"layers_{i}"] = map_block(layer, m, t, s)
     elif guide.other_blocks == "uniform_selection":
-      student[f"layers_{i}"] = select_block(layer, teacher_config, student_config, student_config.d_model)
+      student[f"layers_{i}"] = select_block(layer, t, s, s.d_model)
     else:
       student[f"layers_{i}"] = fresh[f"layers_{i}"]
-  if student_config.position_embedding == "relpos":
-    student["relpos_bias"] = {"rel_embedding": uniform_select(
-        teacher["relpos_bias"]["rel_embedding"], (student_config.n_heads, student_config.relpos_buckets))}
-  student.update(map_output(teacher, m, teacher_config, student_config))
-  shapes = model.param_shapes(student_config)
-  params = jax.tree_util.tree_map(lambda new, ref: new.astype(ref.dtype), {"decoder": student}, shapes)
-  return params, pca.explained_variance_ratio, m
+  if s.position_embedding == "relpos":
+    student["relpos_bias"] = {"rel_embedding": uniform_select(common.select_heads_axis(
+        teacher["relpos_bias"]["rel_embedding"], 0, t, s), (s.n_heads, s.relpos_buckets))}
+  student.update(map_output(teacher, m, t, s))
+  return common.cast_to_student(student, s), pca.explained_variance_ratio, m
 
 
 def _program(teacher_config: ModelConfig, student_config: ModelConfig, guide: GuideConfig,
@@ -154,18 +163,14 @@ def _program(teacher_config: ModelConfig, student_config: ModelConfig, guide: Gu
                                                        guide.layer_selection))
   body = functools.partial(_guide, teacher_config=teacher_config, student_config=student_config,
                            guide=guide, teacher_layers=teacher_layers)
-  if mesh is None:
-    return jax.jit(body), None, teacher_layers
-  t_sh = sharding.param_shardings(teacher_config, mesh)
-  s_sh = sharding.param_shardings(student_config, mesh)
-  rep = sharding.replicated(mesh)
-  return jax.jit(body, in_shardings=(t_sh,), out_shardings=(s_sh, rep, rep)), t_sh, teacher_layers
+  program, t_sh = common.compile_init(body, teacher_config, student_config, mesh, extra_outputs=2)
+  return program, t_sh, teacher_layers
 
 
 def _check(teacher_config: ModelConfig, student_config: ModelConfig, guide: GuideConfig) -> None:
   if not isinstance(guide, GuideConfig):
     raise ValueError(f"guide must be a GuideConfig, got {type(guide).__name__}")
-  validate.check_dimensions(teacher_config, student_config)
+  common.check_configs(teacher_config, student_config)
   select_layers(teacher_config.n_layers, student_config.n_layers, guide.layer_selection)
 
 
@@ -179,16 +184,15 @@ def guide_init(teacher_params, teacher_config: ModelConfig, student_config: Mode
     restored that way), the student comes back with the student's, as training places it.
   Returns GuideResult(params, info): params has the structure, shapes and dtypes of a fresh
   student; parts that start at random come from model.init_params(student, PRNGKey(guide.seed)).
-  All inputs are checked before any compute; a problem raises one ValueError naming it.
+  All inputs are checked (shapes, dtypes, dimensions; not the teacher's values, which its loader
+  checks once) before any compute; a problem raises one ValueError naming it. The student that
+  comes out is checked finite.
   """
   _check(teacher_config, student_config, guide)
   validate.check_tree(teacher_params, teacher_config, "teacher params")
-  validate.check_finite(teacher_params, "teacher params")
-  teacher = validate.restrict(teacher_params, teacher_config)
   program, t_sh, teacher_layers = _program(teacher_config, student_config, guide, mesh)
-  if t_sh is not None:
-    teacher = jax.device_put(teacher, t_sh)
-  params, ratio, m = program(teacher)
+  params, ratio, m = common.run_init(program, t_sh, teacher_params, teacher_config)
+  common.check_student(params, "GUIDE")
   return GuideResult(params, GuideInfo(ratio, m, teacher_layers))
 
 

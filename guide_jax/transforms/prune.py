@@ -16,7 +16,10 @@ prune_init(): keep the top-k units of each axis (ties: the lower index first) an
   channels: one set for the whole model: embedding columns, every kernel's d axis, every norm scale,
             the logits kernel's rows;
   heads   : per layer: q/k/v columns and out rows on the heads-major reshape [d, h, l] / [h, l, d];
-            head dims by uniform selection when l_S < l_T. **[choice]** With relative position
+            head dims by uniform selection when l_S < l_T. Grouped-query teachers (k < h) are
+            pruned by kv group as a unit (as Minitron prunes query groups): a group scores the
+            sum of its heads' scores, the top-k_S groups are kept and, inside each, the top-g_S
+            query heads (g = h / k), so a student head reads the kv head its teacher head read. **[choice]** With relative position
             biases the bias table [h, buckets] is shared by all layers, so a relpos model keeps the
             same heads in every layer (the top-k of the head scores summed over the kept layers);
   neurons : per layer: wi_0/wi_1 columns, wo rows;
@@ -37,9 +40,8 @@ from jax.sharding import Mesh
 
 from guide_jax import model, sharding
 from guide_jax.config import LAYER_SELECTIONS, ModelConfig
-from guide_jax.transforms import validate
+from guide_jax.transforms import common, validate
 from guide_jax.transforms.select import select_layers, uniform_indices
-from guide_jax.transforms.weight_selection import check_student, student_logits_kernel
 
 AGGREGATIONS = ("mean", "l2")
 DEPTHS = LAYER_SELECTIONS + ("importance",)
@@ -59,10 +61,11 @@ class Importance(NamedTuple):
 class PruneIndices(NamedTuple):
   """What prune_init keeps, as teacher indices (int32 numpy)."""
   layers: np.ndarray    # [n_S] teacher layer of each student layer (increasing)
-  heads: np.ndarray     # [n_S, h_S] kept heads of each student layer
+  heads: np.ndarray     # [n_S, h_S] kept query heads of each student layer (group-major)
   neurons: np.ndarray   # [n_S, f_S] kept MLP neurons of each student layer
   channels: np.ndarray  # [d_S] kept model-width channels (all layers)
   head_dims: np.ndarray  # [l_S] uniformly selected dims within each kept head
+  kv_heads: Optional[np.ndarray] = None  # [n_S, k_S] kept kv heads (groups); None: == heads (MHA)
 
 
 # ----------------------------------------------------------------------------------- importance
@@ -144,7 +147,6 @@ def importance(teacher_params, teacher_config: ModelConfig, calibration_tokens, 
     raise ValueError(f"calibration batch {tokens.shape[0]} is not divisible by the mesh's data axis "
                      f"({mesh.shape['data']})")
   validate.check_tree(teacher_params, teacher_config, "teacher params")
-  validate.check_finite(teacher_params, "teacher params")
   teacher = validate.restrict(teacher_params, teacher_config)
   config = teacher_config.replace(dtype="float32", remat="none", attention_impl="xla")
   body = functools.partial(_importance, config=config, aggregation=aggregation)
@@ -155,7 +157,11 @@ def importance(teacher_params, teacher_config: ModelConfig, calibration_tokens, 
     program = jax.jit(body, in_shardings=(t_sh, sharding.batch_sharding(mesh)),
                       out_shardings=sharding.replicated(mesh))
     scores = program(jax.device_put(teacher, t_sh), jax.device_put(tokens, sharding.batch_sharding(mesh)))
-  return Importance(**{k: np.asarray(v, np.float32) for k, v in scores.items()})
+  scores = Importance(**{k: np.asarray(v, np.float32) for k, v in scores.items()})
+  bad = [name for name, value in scores._asdict().items() if not np.all(np.isfinite(value))]
+  if bad:  # the output check (the teacher's values are checked once, where it is loaded)
+    raise ValueError(f"importance scores hold NaN or Inf in {', '.join(bad)} (a non-finite teacher?)")
+  return scores
 
 
 # ----------------------------------------------------------------------------------- selection
@@ -186,7 +192,7 @@ def _check_importance(imp, config: ModelConfig) -> None:
 def prune_indices(imp: Importance, teacher_config: ModelConfig, student_config: ModelConfig, *,
                   depth: str = "first_n", order: str = "index") -> PruneIndices:
   """The teacher units prune_init keeps (module docstring), from importance scores. Host-side."""
-  check_student(teacher_config, student_config)
+  common.check_configs(teacher_config, student_config)
   _check_importance(imp, teacher_config)
   if depth not in DEPTHS:
     raise ValueError(f"depth must be one of {DEPTHS}, got {depth!r}")
@@ -199,32 +205,59 @@ def prune_indices(imp: Importance, teacher_config: ModelConfig, student_config: 
     layers = select_layers(t.n_layers, s.n_layers, depth).astype(np.int32)
   head_scores = np.asarray(imp.heads, np.float64)[layers]
   if s.position_embedding == "relpos":  # one shared bias table: the same heads in every layer
-    heads = np.tile(top_k(head_scores.sum(0), s.n_heads, order), (s.n_layers, 1))
+    heads, kv = _group_heads(head_scores.sum(0), t, s, order)
+    heads, kv = np.tile(heads, (s.n_layers, 1)), np.tile(kv, (s.n_layers, 1))
   else:
-    heads = np.stack([top_k(row, s.n_heads, order) for row in head_scores])
+    heads, kv = (np.stack(x) for x in zip(*[_group_heads(row, t, s, order) for row in head_scores]))
   neurons = np.stack([top_k(row, s.mlp_dim, order) for row in np.asarray(imp.neurons)[layers]])
   return PruneIndices(layers=layers, heads=heads.astype(np.int32), neurons=neurons,
                       channels=top_k(imp.channels, s.d_model, order),
-                      head_dims=uniform_indices(t.head_dim, s.head_dim).astype(np.int32))
+                      head_dims=uniform_indices(t.head_dim, s.head_dim).astype(np.int32),
+                      kv_heads=kv.astype(np.int32))
+
+
+def _group_heads(scores, t: ModelConfig, s: ModelConfig, order: str):
+  """One layer's head scores [h_T] -> (kept query heads [h_S] group-major, kept kv heads [k_S]).
+
+  A kv group scores the sum of its g_T = h_T / k_T query heads; the top-k_S groups are kept and,
+  in each, its top-g_S heads. MHA (k = h, g = 1) is top-h_S of the head scores.
+  """
+  g_t, g_s = t.n_heads // t.kv_heads, s.n_heads // s.kv_heads
+  by_group = np.asarray(scores, np.float64).reshape(t.kv_heads, g_t)
+  groups = top_k(by_group.sum(1), s.kv_heads, order)
+  heads = [g * g_t + top_k(by_group[g], g_s, order) for g in groups]
+  return np.concatenate(heads), groups
 
 
 # ----------------------------------------------------------------------------------- prune_init
-def _prune_layer(layer, heads, neurons, channels, head_dims, teacher_config: ModelConfig):
-  """One teacher layer sliced to (heads [h_S], neurons [f_S], channels [d_S], head_dims [l_S])."""
-  h, l, d = teacher_config.n_heads, teacher_config.head_dim, teacher_config.d_model
+def _prune_layer(layer, heads, kv_heads, neurons, channels, head_dims, teacher_config: ModelConfig):
+  """One teacher layer (norm gains) sliced to (query heads [h_S], kv heads [k_S], neurons [f_S],
+  channels [d_S], head_dims [l_S])."""
+  t = teacher_config
+  h, kv, l, d = t.n_heads, t.kv_heads, t.head_dim, t.d_model
   attn, mlp = layer["self_attention"], layer["mlp"]
   new_attn = {}
   for name in _QKV:  # [d, h*l] -> [d, h, l] -> [d_S, h_S, l_S] -> [d_S, h_S*l_S]
-    k = jnp.reshape(attn[name]["kernel"], (d, h, l))
-    k = jnp.take(jnp.take(jnp.take(k, channels, 0), heads, 1), head_dims, 2)
+    n, keep = (h, heads) if name == "query" else (kv, kv_heads)
+    k = jnp.reshape(attn[name]["kernel"], (d, n, l))
+    k = jnp.take(jnp.take(jnp.take(k, channels, 0), keep, 1), head_dims, 2)
     new_attn[name] = {"kernel": jnp.reshape(k, (k.shape[0], -1))}
+    if "bias" in attn[name]:
+      b = jnp.take(jnp.take(jnp.reshape(attn[name]["bias"], (n, l)), keep, 0), head_dims, 1)
+      new_attn[name]["bias"] = jnp.reshape(b, (-1,))
   k = jnp.reshape(attn["out"]["kernel"], (h, l, d))  # [h*l, d] -> [h, l, d]
   k = jnp.take(jnp.take(jnp.take(k, heads, 0), head_dims, 1), channels, 2)
   new_attn["out"] = {"kernel": jnp.reshape(k, (-1, k.shape[-1]))}
+  if "bias" in attn["out"]:
+    new_attn["out"]["bias"] = jnp.take(attn["out"]["bias"], channels, 0)
+  for name in ("query_norm", "key_norm"):
+    if name in attn:
+      new_attn[name] = {"scale": jnp.take(attn[name]["scale"], head_dims, 0)}
   new_mlp = {name: {"kernel": jnp.take(jnp.take(mlp[name]["kernel"], channels, 0), neurons, 1)}
              for name in ("wi_0", "wi_1")}
   new_mlp["wo"] = {"kernel": jnp.take(jnp.take(mlp["wo"]["kernel"], neurons, 0), channels, 1)}
-  norms = {name: {"scale": jnp.take(layer[name]["scale"], channels, 0)} for name in _NORMS}
+  norms = {name: {"scale": jnp.take(value["scale"], channels, 0)}
+           for name, value in layer.items() if name.endswith("layer_norm")}
   return {**norms, "self_attention": new_attn, "mlp": new_mlp}
 
 
@@ -232,22 +265,21 @@ def _prune(teacher_params, idx, teacher_config: ModelConfig, student_config: Mod
            teacher_layers: Tuple[int, ...], head_dims: np.ndarray):
   """The traced body of prune_init: (teacher tree, kept indices) -> student tree."""
   t, s = teacher_config, student_config
-  teacher = teacher_params["decoder"]
+  teacher = common.to_gains(teacher_params["decoder"], t)
   channels = idx["channels"]
   embedding = jnp.take(teacher["token_embedder"]["embedding"], channels, 1)
   student = {"token_embedder": {"embedding": embedding}}
   for i, j in enumerate(teacher_layers):
-    student[f"layers_{i}"] = _prune_layer(teacher[f"layers_{j}"], idx["heads"][i], idx["neurons"][i],
-                                          channels, head_dims, t)
+    student[f"layers_{i}"] = _prune_layer(teacher[f"layers_{j}"], idx["heads"][i], idx["kv_heads"][i],
+                                          idx["neurons"][i], channels, head_dims, t)
   if s.position_embedding == "relpos":
     student["relpos_bias"] = {"rel_embedding": jnp.take(teacher["relpos_bias"]["rel_embedding"],
                                                         idx["heads"][0], 0)}
   student["decoder_norm"] = {"scale": jnp.take(teacher["decoder_norm"]["scale"], channels, 0)}
   if not s.tie_embeddings:
-    student["logits_dense"] = {"kernel": student_logits_kernel(
-        teacher, t, embedding, lambda k: jnp.take(k, channels, 0))}
-  shapes = model.param_shapes(s)
-  return jax.tree_util.tree_map(lambda new, ref: new.astype(ref.dtype), {"decoder": student}, shapes)
+    student["logits_dense"] = {"kernel": common.student_logits_kernel(
+        teacher, t, s, embedding, lambda k: jnp.take(k, channels, 0))}
+  return common.cast_to_student(student, s)
 
 
 def prune_init(teacher_params, teacher_config: ModelConfig, student_config: ModelConfig,
@@ -261,18 +293,16 @@ def prune_init(teacher_params, teacher_config: ModelConfig, student_config: Mode
     permutation). mesh: run sharded (teacher and student by their logical axes).
   Returns the student's params {'decoder': {...}} with the structure, shapes and dtypes of
   model.param_shapes(student_config); what is kept is prune_indices(...) (module docstring).
-  All inputs are checked before any compute; a problem raises one ValueError naming it.
+  All inputs are checked (shapes, dtypes, dimensions) before any compute; a problem raises one
+  ValueError naming it. The student that comes out is checked finite.
   """
   idx = prune_indices(importance, teacher_config, student_config, depth=depth, order=order)
   validate.check_tree(teacher_params, teacher_config, "teacher params")
-  validate.check_finite(teacher_params, "teacher params")
-  teacher = validate.restrict(teacher_params, teacher_config)
   body = functools.partial(_prune, teacher_config=teacher_config, student_config=student_config,
                            teacher_layers=tuple(int(j) for j in idx.layers), head_dims=idx.head_dims)
-  kept = {"heads": idx.heads, "neurons": idx.neurons, "channels": idx.channels}
-  if mesh is None:
-    return jax.jit(body)(teacher, kept)
-  t_sh = sharding.param_shardings(teacher_config, mesh)
-  rep = sharding.replicated(mesh)
-  program = jax.jit(body, in_shardings=(t_sh, rep), out_shardings=sharding.param_shardings(student_config, mesh))
-  return program(jax.device_put(teacher, t_sh), kept)
+  kept = {"heads": idx.heads, "kv_heads": idx.kv_heads, "neurons": idx.neurons, "channels": idx.channels}
+  rep = None if mesh is None else sharding.replicated(mesh)
+  program, t_sh = common.compile_init(body, teacher_config, student_config, mesh, extra_shardings=(rep,))
+  params = common.run_init(program, t_sh, teacher_params, teacher_config, kept)
+  common.check_student(params, "pruning")
+  return params

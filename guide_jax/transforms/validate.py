@@ -20,6 +20,16 @@ def check_dimensions(teacher: ModelConfig, student: ModelConfig) -> None:
     s, t = getattr(student, name), getattr(teacher, name)
     if s > t:
       problems.append(f"{name}: student {sym}_S={s} > teacher {sym}_T={t}")
+  k_t, k_s = teacher.kv_heads, student.kv_heads
+  if k_s > k_t:
+    problems.append(f"kv heads: student k_S={k_s} > teacher k_T={k_t} (the student keeps whole kv groups)")
+  elif student.n_heads // k_s > teacher.n_heads // k_t:
+    problems.append(f"query heads per kv head: student h_S/k_S={student.n_heads // k_s} > teacher "
+                    f"h_T/k_T={teacher.n_heads // k_t} (a student group keeps query heads of one teacher group)")
+  for name in ("qkv_bias", "out_bias", "qk_norm", "post_norms"):
+    if getattr(student, name) != getattr(teacher, name):
+      problems.append(f"{name}: student {getattr(student, name)} != teacher {getattr(teacher, name)} "
+                      "(the student keeps the teacher's block structure)")
   for name in ("position_embedding", "mlp_activation"):
     if getattr(student, name) != getattr(teacher, name):
       problems.append(f"{name}: student {getattr(student, name)!r} != teacher {getattr(teacher, name)!r}")
