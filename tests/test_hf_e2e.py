@@ -216,3 +216,81 @@ def test_write_hf_sharded_index_and_refusals(llama3_teacher, tmp_path):
     hf_export.write_hf(params, relpos, llama3_teacher, str(tmp_path / "never"))
   assert not os.path.exists(tmp_path / "never")
   assert sorted(os.listdir(tmp_path)) == ["sharded"]  # no temporary directory left behind
+
+
+# ----------------------------------------------------------------------------- every family's writer
+def _bpe_tokenizer_dir(path):
+  """A small byte-level BPE saved by transformers (the family templates need some tokenizer)."""
+  import tokenizers
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                           initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator(documents(50), trainer)
+  transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(path)
+  return path
+
+
+V_SMALL = 320
+_HF_SMALL = dict(vocab_size=V_SMALL, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+_OURS_SMALL = dict(vocab_size=V_SMALL, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, mlp_dim=48)
+# (family config, our student config): each of our conventions the writer must fold into the family's.
+WRITER_CASES = {
+    "llama-t5x-tied": (lambda: transformers.LlamaConfig(**_HF_SMALL), dict(mlp_activation="silu")),
+    "llama-hf-untied-bias": (lambda: transformers.LlamaConfig(**_HF_SMALL),
+                             dict(mlp_activation="silu", embedding_style="hf", tie_embeddings=False,
+                                  query_pre_attn_scalar=16.0, qkv_bias=True, out_bias=True,
+                                  rope_scaling="llama3", rope_scaling_factor=8.0, rope_original_max_positions=16)),
+    "qwen3": (lambda: transformers.Qwen3Config(**_HF_SMALL),
+              dict(mlp_activation="silu", embedding_style="hf", qk_norm=True, query_pre_attn_scalar=16.0,
+                   rope_theta=1e6)),
+    "qwen3-other-scale": (lambda: transformers.Qwen3Config(**_HF_SMALL),
+                          dict(mlp_activation="silu", embedding_style="hf", qk_norm=True, query_pre_attn_scalar=9.0)),
+    "gemma2": (lambda: transformers.Gemma2Config(**_HF_SMALL, sliding_window=8, query_pre_attn_scalar=24),
+               dict(mlp_activation="gelu", embedding_style="gemma", norm_offset=1.0, post_norms=True,
+                    attn_logit_softcap=50.0, final_logit_softcap=30.0, layer_pattern="LG", sliding_window=8,
+                    query_pre_attn_scalar=24.0)),
+    "gemma2-offset0-folded": (lambda: transformers.Gemma2Config(**_HF_SMALL, sliding_window=8),
+                              dict(mlp_activation="gelu", embedding_style="gemma", post_norms=True,
+                                   layer_pattern="LG", sliding_window=8, final_logit_softcap=30.0)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRITER_CASES))
+def test_writer_matches_transformers(case, tmp_path):
+  """A random guide_jax model with the family's options, written by hf_export.write_hf into the
+  family of a transformers-saved template: transformers' float32 logits == ours (1e-5)."""
+  hf_config_fn, ours = WRITER_CASES[case]
+  template = str(tmp_path / "template")
+  hf_model = transformers.AutoModelForCausalLM.from_config(hf_config_fn())
+  hf_model.save_pretrained(template)
+  _bpe_tokenizer_dir(template)
+  config = ModelConfig(**_OURS_SMALL, **ours)
+  rng = np.random.default_rng(0)
+  params = jax.tree_util.tree_map(lambda x: np.asarray(x) + rng.normal(0, 0.3, x.shape).astype(np.float32),
+                                  model.init_params(config, jax.random.PRNGKey(0)))
+  out = hf_export.write_hf(params, config, template, str(tmp_path / "out"), dtype="float32")
+  tokens = rng.integers(0, V_SMALL, size=(2, 24))  # longer than the sliding window
+  loaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+  assert type(loaded) is type(hf_model)
+  with torch.no_grad():
+    want = loaded(torch.as_tensor(tokens)).logits.numpy()
+  got = np.asarray(model.apply(config, params, tokens.astype(np.int32)))
+  assert np.abs(want).max() > 1.0
+  assert np.abs(got - want).max() / np.abs(want).max() <= RTOL, np.abs(got - want).max() / np.abs(want).max()
+
+
+@pytest.mark.parametrize("family,ours,message", [
+    ("llama", dict(qk_norm=True, query_pre_attn_scalar=16.0), "qk_norm"),
+    ("qwen3", dict(), "qk_norm=False"),
+    ("gemma2", dict(embedding_style="gemma", norm_offset=1.0), "post_norms=False"),
+    ("llama", dict(layer_pattern="LG", sliding_window=8), "layer_pattern"),
+    ("llama", dict(position_embedding="relpos"), "relpos"),
+    ("mistral", dict(), "supported families"),
+])
+def test_unrepresentable_refused(family, ours, message):
+  config = ModelConfig(**_OURS_SMALL, **ours)
+  with pytest.raises(ValueError, match=message):
+    hf_export.check_representable(config, family)

@@ -62,3 +62,14 @@ def test_to_gin_round_trip(tmp_path):
   path = tmp_path / "model.gin"
   path.write_text(student_shape.to_gin(s, "a student"))
   assert gin_utils.model_from_gin(str(path)) == s
+
+
+def test_gqa_teacher_keeps_its_heads_per_kv_head():
+  teacher = TEACHER.replace(n_kv_heads=8)  # Llama 3.2 1B: 32 heads, 8 kv heads
+  s = student_shape.from_overrides(teacher, {"d_model": 1024})
+  assert (s.n_heads, s.n_kv_heads) == (16, 4)
+  s = student_shape.from_budget(teacher, 5e8)
+  assert s.n_heads % 4 == 0 and s.n_kv_heads == s.n_heads // 4
+  assert student_shape.from_overrides(teacher, {"n_heads": 16, "n_kv_heads": 2}).n_kv_heads == 2
+  with pytest.raises(ValueError, match="query heads per kv head"):
+    student_shape.from_overrides(teacher, {"n_heads": 6})
