@@ -9,7 +9,8 @@ Documents:
     holds one JSON object per line and `text_field` of each is a document; any other file is one
     document (UTF-8);
   * or a built-in corpus (guide_jax.data.corpus: its train and validation splits);
-  * or a seqio task's source (its raw `text_field`, before the task's own tokenization).
+  * or a seqio task's source (its raw `text_field`, or the line itself for a source of lines such
+    as seqio.TextLineDataSource, before the task's own preprocessors and tokenization).
 Validation: `validation_inputs`, the corpus' / task's validation split, or else every
 `validation_every`-th document of the inputs (documents validation_every-1, 2*validation_every-1, ...).
 Each document is encoded by guide_jax.data.hf_tokenizer (BOS/EOS as the family pretrains); a
@@ -145,9 +146,11 @@ def _seqio_texts(task: str, split: str, text_field: str) -> Iterator[str]:
     raise ValueError(f"{task} is a mixture; name one of its tasks ({[t.name for t in provider.tasks]})")
   ds = provider.source.get_dataset(split=split, shuffle=False, seed=0)
   for example in ds.as_numpy_iterator():
-    value = example.get(text_field)
-    if value is None:
-      raise ValueError(f"{task}'s source has no field {text_field!r} (fields: {sorted(example)})")
+    value = example  # a source of plain lines (seqio.TextLineDataSource) yields strings
+    if isinstance(example, dict):
+      value = example.get(text_field)
+      if value is None:
+        raise ValueError(f"{task}'s source has no field {text_field!r} (fields: {sorted(example)})")
     yield value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
