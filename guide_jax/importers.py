@@ -1,88 +1,116 @@
-"""Teachers from Hugging Face safetensors checkpoints (LLaMA, Gemma 1) and export back to LLaMA.
+"""Teachers from Hugging Face safetensors checkpoints (Llama 1-3.x, Mistral, Qwen 2/2.5, Qwen 3,
+Gemma 1, Gemma 2, Gemma 3 text) and export back to Llama.
 
 Files are read from disk (no hub access): `model.safetensors`, or sharded
 `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`, next to `config.json`.
-Params come back as numpy float32 (bf16/f16 checkpoints are upcast) in guide_jax.model's t5x tree
-({'decoder': {...}}) with a ModelConfig. Notation: d hidden, h query heads, k kv heads, l head_dim,
-f mlp, V vocab.
+Notation: d hidden, h query heads, k kv heads, l head_dim, f mlp, V vocab.
 
-config.json is read as transformers itself reads it (checked against transformers 4.57 and 5.x
-PyTorch forwards in tests/test_hf_*.py, run by tests/hf_tier.sh), in both formats:
-  * RoPE: 5.x writes `rope_parameters` {rope_type, rope_theta, factor, ...}; 4.x writes a top-level
-    `rope_theta` and `rope_scaling` ({rope_type | type, factor, ...} or null). As transformers 5.x
-    does: the parameters are `rope_scaling or rope_parameters`; theta is theirs, else the top-level
-    `rope_theta`, else 10000; the type is `rope_type`, else `type`, else 'default'. Types 'default',
-    'linear' and 'llama3' (Llama 3.1/3.2) are implemented (ModelConfig.rope_scaling,
-    guide_jax.model.rope_frequencies); llama3's original_max_position_embeddings comes from a
-    top-level key, else the parameters, else max_position_embeddings (transformers' precedence).
-  * Keys a config omits take LlamaConfig's / GemmaConfig's defaults (kv heads = heads and head_dim =
-    d / h for LLaMA, 16 and 256 for Gemma; tie_word_embeddings False for LLaMA, True for Gemma).
-  * Activation: ACT2FN[hidden_act] in both models ('gelu' is the exact erf gelu -> 'gelu_exact',
-    'gelu_pytorch_tanh' / 'gelu_new' the tanh form -> 'gelu', 'silu' / 'swish', 'relu'). Gemma's
-    `hidden_activation` is ignored, as transformers ignores it; a Gemma hidden_act 'gelu' is read as
-    'gelu_pytorch_tanh', as GemmaConfig 5.x converts it (the official releases meant the tanh form;
-    transformers 4.x computed exact gelu there).
-  * Anything else the model cannot represent (attention/MLP biases, other RoPE types, partial
-    rotary, bidirectional attention, quantized weights, unknown activations) is refused with one
-    ValueError naming every such setting, before any tensor is read.
+Every tensor is a pure relayout of one checkpoint tensor (a copy or a transpose), so params keep
+the checkpoint's dtype bit for bit (bf16 stays bf16: ModelConfig.param_dtype is the checkpoint's)
+and each tensor is read once. With a mesh, each leaf is built on its target sharding
+(guide_jax.sharding.param_shardings) by jax.make_array_from_callback: every process reads only
+the slices its devices hold (safetensors get_slice), each slice once. The family conventions
+live in ModelConfig options instead of rescaled weights (docs/gqa_and_families.md):
+  * grouped-query attention kept (n_kv_heads = num_key_value_heads: key/value [d, k*l]);
+  * query_pre_attn_scalar = head_dim (Gemma 2/3: theirs): the query kernel is q_proj.T unscaled;
+  * embedding_style 'hf' (tied logits y E^T) or 'gemma' (x0 = sqrt(d) E[tok]); norm_offset 1 for
+    Gemma's (1 + w) norms; biases, q/k norms, post-norms, soft-caps, sliding windows (layer_pattern
+    from transformers' layer_types) and Gemma 3's local RoPE theta as the families define them.
 
-Conventions (checked against transformers' modeling_llama / modeling_gemma):
-  * nn.Linear stores [out, in]: q_proj [h*l, d] -> query kernel [d, h*l] = W.T (heads-major)
-    / sqrt(l) (t5x folds the attention's 1/sqrt(l) into the query kernel); k/v likewise without
-    the factor; o_proj [d, h*l] -> out kernel [h*l, d] = W.T.
-  * GQA (k < h): our model has as many kv heads as query heads, so each kv head is repeated
-    h/k times *consecutively* (np.repeat on the head axis): query head i reads kv head i // (h/k),
-    exactly HF's repeat_kv. The forward pass is unchanged; only the parameter count grows.
-  * RoPE: HF LLaMA checkpoints are already permuted to the rotate_half layout (their conversion
-    script permutes Meta's interleaved q/k), and HF's inv_freq = theta^(-2i/l) on halves of l
-    matches guide_jax.model.rope, so q/k are copied without any permutation.
-  * gate_proj -> wi_0 (activated), up_proj -> wi_1, down_proj -> wo; norms: input_layernorm ->
-    pre_self_attention_layer_norm, post_attention_layernorm -> pre_mlp_layer_norm, model.norm ->
-    decoder_norm; lm_head [V, d] -> logits_dense kernel [d, V] (untied only).
-  * Tied output layer: HF computes y E^T, ours y E^T / sqrt(d) (t5x). For tied LLaMA,
-    tied_mode='rescale' (default) uses the exact reparametrization E' = sqrt(d) E, out and wo
-    kernels * sqrt(d), norm_eps' = d * eps: the whole residual stream is sqrt(d) times HF's, every
-    RMSNorm output is unchanged (x / sqrt(ms + eps) is invariant under x -> a x, eps -> a^2 eps)
-    and the logits are y (sqrt(d) E)^T / sqrt(d) = y E^T. tied_mode='untie' instead copies E^T
-    into logits_dense (tie_embeddings=False). export_llama inverts 'rescale' for tied models.
-  * Gemma: RMSNorm weights are stored as w = scale - 1 (our scale = 1 + w); Gemma multiplies the
-    embeddings by sqrt(d) and ties the output layer with no scale. Storing E' = sqrt(d) E is
-    exact for both: input E'[tok] = sqrt(d) E[tok]; logits y E'^T / sqrt(d) = y E^T. (HF rounds
-    the sqrt(d) normalizer to the activation dtype, e.g. 45.25 for d=2048 in bf16; we use the
-    exact float32 value, i.e. HF's float32 forward.) Gemma 2/3 (soft-capping, extra norms) are
-    rejected by model_type.
+config.json is read as transformers 5.x reads it (checked against transformers' PyTorch forwards in
+tests/test_hf_*.py, run by tests/hf_tier.sh), in both formats:
+  * RoPE: 5.x writes `rope_parameters` {rope_type, rope_theta, factor, ...} (Gemma 3: one per
+    layer type); 4.x writes a top-level `rope_theta` and `rope_scaling`. As transformers 5.x does:
+    the parameters are `rope_scaling or rope_parameters`; theta is theirs, else the top-level
+    `rope_theta`, else the family's default; the type is `rope_type`, else `type`, else 'default'.
+    Types 'default', 'linear' and 'llama3' are implemented.
+  * Keys a config omits take the family config class's defaults (_FAMILIES).
+  * Activation: ACT2FN of `hidden_act` (Llama, Mistral, Qwen, Gemma 1) or `hidden_activation`
+    (Gemma 2/3); a Gemma 1 hidden_act 'gelu' is read as 'gelu_pytorch_tanh', as GemmaConfig 5.x does.
+  * Tied output layer as transformers 5.x decides: tie_word_embeddings true ties, unless the
+    checkpoint also holds an lm_head.weight that differs from the embedding: then it is used, untied.
+  * Anything the model cannot represent (MLP biases, other RoPE types, partial rotary,
+    bidirectional attention, quantized or integer weights, unknown activations, unknown layer
+    types) is refused with one ValueError naming every such setting, before any tensor is read.
+
+Conventions (checked against transformers' modeling_{llama,mistral,qwen2,qwen3,gemma,gemma2,gemma3}):
+  * nn.Linear stores [out, in]: q_proj [h*l, d] -> query kernel [d, h*l] = W.T (heads-major);
+    k/v [k*l, d] -> [d, k*l]; o_proj [d, h*l] -> out [h*l, d]; biases as they are.
+  * HF Llama checkpoints are already in the rotate_half RoPE layout (their conversion script
+    permutes Meta's q/k), so q/k are copied without any permutation.
+  * gate_proj -> wi_0 (activated), up_proj -> wi_1, down_proj -> wo; input_layernorm ->
+    pre_self_attention_layer_norm; post_attention_layernorm -> pre_mlp_layer_norm (Llama, Mistral,
+    Qwen, Gemma 1) or post_self_attention_layer_norm (Gemma 2/3, whose pre_feedforward_layernorm ->
+    pre_mlp_layer_norm, post_feedforward_layernorm -> post_mlp_layer_norm); q_norm/k_norm ->
+    self_attention/{query,key}_norm; model.norm -> decoder_norm; lm_head [V, d] -> logits_dense [d, V].
+  * Gemma multiplies the embeddings by sqrt(d) rounded to the activation dtype (45.25 for d=2048
+    in bf16); ours uses the float32 value, i.e. transformers' float32 forward.
 """
 import json
 import math
 import os
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+import jax
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as safetensors_bytes
 
 from guide_jax.config import ModelConfig
 from guide_jax.data.atomic import atomic_write_bytes, atomic_write_json
 
 Params = Dict[str, Any]
-TIED_MODES = ("rescale", "untie")
+TIED_MODES = ("keep", "untie")
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
 # HF hidden_act (transformers' ACT2FN) -> our mlp_activation.
 _ACTS = {"silu": "silu", "swish": "silu", "gelu": "gelu_exact", "gelu_pytorch_tanh": "gelu",
          "gelu_new": "gelu", "relu": "relu"}
-# transformers' LlamaConfig / GemmaConfig defaults for keys a config.json may omit (None: see _read_config).
-_DEFAULTS = {
-    "llama": {"num_key_value_heads": None, "head_dim": None, "hidden_act": "silu",
-              "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "max_position_embeddings": 2048},
-    "gemma": {"num_key_value_heads": 16, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
-              "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 8192},
-}
 _ROPE_TYPES = ("default", "linear", "llama3")
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_FLOAT_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+_LAYER_TYPES = {"full_attention": "G", "sliding_attention": "L"}
+
+# Each family: its config class's defaults (transformers 5.24) for keys a config.json may omit, and
+# how its modeling file uses them. None for kv heads / head_dim: = heads / d // h.
+_COMMON = {"num_key_value_heads": None, "head_dim": None, "rms_norm_eps": 1e-6,
+           "tie_word_embeddings": False, "max_position_embeddings": 2048, "hidden_act": "silu"}
+_FAMILIES = {
+    "llama": dict(defaults={**_COMMON, "attention_bias": False, "mlp_bias": False}, bias="attention_bias"),
+    "mistral": dict(defaults={**_COMMON, "num_key_value_heads": 8, "max_position_embeddings": 4096 * 32,
+                              "sliding_window": 4096}, sliding="all"),
+    "qwen2": dict(defaults={**_COMMON, "num_key_value_heads": 32, "max_position_embeddings": 32768,
+                            "use_sliding_window": False, "sliding_window": 4096, "max_window_layers": 28},
+                  bias="qkv", sliding="qwen"),
+    "qwen3": dict(defaults={**_COMMON, "num_key_value_heads": 32, "head_dim": 128, "max_position_embeddings": 32768,
+                            "attention_bias": False, "use_sliding_window": False, "sliding_window": 4096,
+                            "max_window_layers": 28}, bias="attention_bias", sliding="qwen", qk_norm=True),
+    "gemma": dict(defaults={**_COMMON, "num_key_value_heads": 16, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+                            "tie_word_embeddings": True, "max_position_embeddings": 8192}, gemma=True),
+    "gemma2": dict(defaults={**_COMMON, "num_key_value_heads": 4, "head_dim": 256,
+                             "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True,
+                             "max_position_embeddings": 8192, "attention_bias": False, "query_pre_attn_scalar": 256,
+                             "sliding_window": 4096, "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0},
+                   gemma=True, post_norms=True, bias="attention_bias", sliding="gemma2", act="hidden_activation"),
+    "gemma3_text": dict(defaults={**_COMMON, "num_key_value_heads": 4, "head_dim": 256,
+                                  "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True,
+                                  "max_position_embeddings": 131072, "attention_bias": False,
+                                  "query_pre_attn_scalar": 256, "sliding_window": 4096,
+                                  "final_logit_softcapping": None, "attn_logit_softcapping": None},
+                        gemma=True, post_norms=True, qk_norm=True, bias="attention_bias", sliding="gemma3",
+                        act="hidden_activation", theta={"global": 1_000_000.0, "local": 10_000.0}),
+}
+SUPPORTED = tuple(sorted(_FAMILIES))
 
 
 # ----------------------------------------------------------------------------- reading files
+def _safe_open(file: str):
+  try:
+    return safe_open(file, framework="np")
+  except (SafetensorError, OSError) as e:
+    raise ValueError(f"unreadable safetensors file {file} (truncated or corrupt?): {e}") from e
+
+
 def _locate(path: str) -> Tuple[str, Dict[str, str]]:
   """path (dir, .safetensors file or index json) -> (dir, {tensor name: file path})."""
   path = os.fspath(path)
@@ -106,108 +134,168 @@ def _locate(path: str) -> Tuple[str, Dict[str, str]]:
   for name, file in files.items():
     if not os.path.isfile(file):
       raise ValueError(f"missing checkpoint shard {file}" + (f" (holds {name})" if name else ""))
-  keys = {}
-  for file in sorted(set(files.values())):
-    with safe_open(file, framework="np") as f:
-      keys[file] = set(f.keys())
-  if None in files:  # single file: every tensor in it
-    return root, {key: files[None] for key in keys[files[None]]}
-  for name, file in files.items():
-    if name not in keys[file]:
-      raise ValueError(f"index maps tensor {name} to {file}, which does not contain it")
-  names = dict(files)
-  return root, names
+  return root, files
+
+
+def _read_json(path: str, what: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{what} {path} is not valid JSON: {e}") from e
 
 
 def _read_index(index_path: str) -> Dict[str, str]:
-  with open(index_path) as f:
-    weight_map = json.load(f).get("weight_map")
+  weight_map = _read_json(index_path, "checkpoint index").get("weight_map")
   if not isinstance(weight_map, dict) or not weight_map:
     raise ValueError(f"{index_path} has no 'weight_map'")
   root = os.path.dirname(index_path)
   return {name: os.path.join(root, file) for name, file in weight_map.items()}
 
 
-def _shapes(names: Mapping[str, str]) -> Dict[str, Tuple[int, ...]]:
-  """Tensor shapes from the safetensors headers (no data read)."""
-  shapes = {}
-  by_file: Dict[str, list] = {}
-  for name, file in names.items():
-    by_file.setdefault(file, []).append(name)
-  for file, keys in by_file.items():
-    with safe_open(file, framework="np") as f:
-      for key in keys:
-        shapes[key] = tuple(f.get_slice(key).get_shape())
-  return shapes
+def _headers(files: Mapping[Optional[str], str]) -> Dict[str, Tuple[str, Tuple[int, ...], str]]:
+  """{tensor name: (file, shape, safetensors dtype)} from the headers only (no data read)."""
+  out = {}
+  for file in sorted(set(files.values())):
+    with _safe_open(file) as f:
+      for key in f.keys():
+        sl = f.get_slice(key)
+        out[key] = (file, tuple(sl.get_shape()), sl.get_dtype())
+  if None not in files:
+    for name, file in files.items():
+      if name not in out or out[name][0] != file:
+        raise ValueError(f"index maps tensor {name} to {file}, which does not contain it")
+  return out
 
 
-class _Reader:
-  """Reads tensors as float32 numpy, keeping each file open once."""
-
-  def __init__(self, names: Mapping[str, str]):
-    self._names, self._open = names, {}
-
-  def __call__(self, name: str) -> np.ndarray:
-    file = self._names[name]
-    if file not in self._open:
-      self._open[file] = safe_open(file, framework="np")
-    return np.asarray(self._open[file].get_tensor(name), dtype=np.float32)
+def _read(file: str, name: str, index=None) -> np.ndarray:
+  """One tensor (or the slice `index` of it) as numpy in its stored dtype; the file is mapped only
+  for this read (so host memory never holds a whole shard's mapping next to the arrays)."""
+  try:
+    with _safe_open(file) as f:
+      sl = f.get_slice(name)
+      return np.asarray(sl[index] if index is not None else sl[:])
+  except SafetensorError as e:
+    raise ValueError(f"cannot read tensor {name} from {file} (truncated or corrupt?): {e}") from e
 
 
 # ----------------------------------------------------------------------------- HF config
-def _read_config(hf: Mapping[str, Any], model_type: str) -> Dict[str, Any]:
-  """config.json (4.x or 5.x format) -> dims {d, h, k, l, f, V, n, tied} + ModelConfig fields.
+def read_config(hf: Mapping[str, Any]) -> Tuple[str, ModelConfig, Dict[str, Any]]:
+  """config.json (4.x or 5.x format) -> (family, ModelConfig fields, dims {d, h, k, l, f, V, n}).
 
-  Follows transformers' LlamaConfig / GemmaConfig (module docstring). Every unsupported setting
-  is collected and refused in one ValueError.
+  Follows the family's transformers config class (module docstring). Every unsupported setting is
+  collected and refused in one ValueError. param_dtype is filled in from the tensors later.
   """
-  if hf.get("model_type") != model_type:
-    raise ValueError(f"unsupported model_type {hf.get('model_type')!r} in config.json; "
-                     f"expected {model_type!r}")
-  required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-              "num_attention_heads")
+  model_type = hf.get("model_type")
+  if model_type == "gemma3":
+    raise ValueError("unsupported model_type 'gemma3' (the multimodal Gemma 3): import the text model "
+                     "(model_type 'gemma3_text', Gemma3ForCausalLM)")
+  if model_type not in _FAMILIES:
+    raise ValueError(f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED)}")
+  fam = _FAMILIES[model_type]
+  required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
   missing = [key for key in required if hf.get(key) is None]
   if missing:
     raise ValueError(f"config.json is missing {', '.join(missing)}")
-  get = lambda key: _DEFAULTS[model_type][key] if hf.get(key) is None else hf[key]
-  d, h = int(hf["hidden_size"]), int(hf["num_attention_heads"])
+  get = lambda key: hf[key] if key in hf and (hf[key] is not None or key not in fam["defaults"]) \
+      else fam["defaults"].get(key)
+  d, h, n = int(hf["hidden_size"]), int(hf["num_attention_heads"]), int(hf["num_hidden_layers"])
   k = int(get("num_key_value_heads") or h)
   l = int(get("head_dim") or d // h)
   problems: List[str] = []
   if h % k:
     problems.append(f"num_attention_heads={h} is not a multiple of num_key_value_heads={k}")
-  for key in ("attention_bias", "mlp_bias"):
-    if hf.get(key):
-      problems.append(f"{key}=true (our model has no biases)")
+  if hf.get("mlp_bias"):
+    problems.append("mlp_bias=true (our MLP has no biases)")
+  if fam.get("bias") != "attention_bias" and hf.get("attention_bias"):
+    problems.append(f"attention_bias=true ({model_type} has no such option)")
   if hf.get("use_bidirectional_attention"):
     problems.append("use_bidirectional_attention=true (our attention is causal)")
   if hf.get("quantization_config") is not None:
     problems.append("quantization_config (only float checkpoints are read)")
-  act = get("hidden_act")
+  act_key = fam.get("act", "hidden_act")
+  act = get(act_key)
   if model_type == "gemma" and act == "gelu":
     act = "gelu_pytorch_tanh"  # GemmaConfig 5.x: the legacy value means the tanh form
   if act not in _ACTS:
-    problems.append(f"hidden_act={act!r} (supported: {sorted(_ACTS)})")
-  rope = _read_rope(hf, get("max_position_embeddings"), problems)
+    problems.append(f"{act_key}={act!r} (supported: {sorted(_ACTS)})")
+  fields: Dict[str, Any] = dict(
+      vocab_size=int(hf["vocab_size"]), d_model=d, n_layers=n, n_heads=h, head_dim=l,
+      mlp_dim=int(hf["intermediate_size"]), tie_embeddings=bool(get("tie_word_embeddings")),
+      norm_eps=float(get("rms_norm_eps")), mlp_activation=_ACTS.get(act, "silu"), position_embedding="rope",
+      n_kv_heads=None if k == h else k, embedding_style="gemma" if fam.get("gemma") else "hf",
+      norm_offset=1.0 if fam.get("gemma") else 0.0, post_norms=bool(fam.get("post_norms")),
+      qk_norm=bool(fam.get("qk_norm")),
+      query_pre_attn_scalar=float(get("query_pre_attn_scalar") or l) if "query_pre_attn_scalar" in fam["defaults"]
+      else float(l))
+  if fam.get("bias") == "qkv":
+    fields["qkv_bias"] = True
+  elif fam.get("bias") == "attention_bias" and get("attention_bias"):
+    fields.update(qkv_bias=True, out_bias=True)
+  for ours, theirs in (("attn_logit_softcap", "attn_logit_softcapping"),
+                       ("final_logit_softcap", "final_logit_softcapping")):
+    if theirs in fam["defaults"] and get(theirs) is not None:
+      fields[ours] = float(get(theirs))
+  pattern, window = _layer_pattern(hf, fam, get, n, problems)
+  if window is not None:
+    fields.update(layer_pattern=pattern, sliding_window=window)
+  max_positions = get("max_position_embeddings")
+  rope = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+  if fam.get("theta") and isinstance(rope, Mapping) and "full_attention" in rope:  # Gemma 3, 5.x
+    fields.update(_read_rope(rope.get("full_attention") or {}, hf, max_positions, problems, fam["theta"]["global"]))
+    local = rope.get("sliding_attention") or {}
+    local_theta = local.get("rope_theta", fam["theta"]["local"])
+    if local.get("rope_type", "default") != "default":
+      problems.append(f"sliding_attention rope_type={local.get('rope_type')!r} (local layers: 'default' only)")
+  elif fam.get("theta"):  # Gemma 3, 4.x: rope_theta + rope_local_base_freq (+ rope_scaling for global)
+    fields.update(_read_rope(rope, hf, max_positions, problems, fam["theta"]["global"]))
+    local_theta = hf.get("rope_local_base_freq", fam["theta"]["local"])
+  else:
+    fields.update(_read_rope(rope, hf, max_positions, problems, 10000.0))
+    local_theta = None
+  if local_theta is not None and "L" in fields.get("layer_pattern", ""):
+    fields["rope_local_theta"] = float(local_theta)
   if problems:
     raise ValueError("unsupported config.json: " + "; ".join(problems))
-  fields = dict(vocab_size=int(hf["vocab_size"]), d_model=d, n_layers=int(hf["num_hidden_layers"]),
-                n_heads=h, head_dim=l, mlp_dim=int(hf["intermediate_size"]),
-                tie_embeddings=bool(get("tie_word_embeddings")), norm_eps=float(get("rms_norm_eps")),
-                mlp_activation=_ACTS[act], position_embedding="rope", **rope)
-  return dict(d=d, h=h, k=k, l=l, f=fields["mlp_dim"], V=fields["vocab_size"], n=fields["n_layers"],
-              tied=fields["tie_embeddings"], fields=fields)
+  return model_type, fields, dict(d=d, h=h, k=k, l=l, f=fields["mlp_dim"], V=fields["vocab_size"], n=n)
 
 
-def _read_rope(hf: Mapping[str, Any], max_positions, problems: List[str]) -> Dict[str, Any]:
-  """RoPE settings of config.json (4.x `rope_theta` + `rope_scaling`, or 5.x `rope_parameters`)
-  -> ModelConfig fields {rope_theta, rope_scaling, ...}; unsupported settings go to `problems`."""
-  params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+def _layer_pattern(hf, fam, get, n: int, problems: List[str]):
+  """(layer_pattern, sliding_window) as the family's modeling code applies windows; (.., None): none."""
+  kind = fam.get("sliding")
+  if kind is None:
+    return "", None
+  window = get("sliding_window")
+  if kind == "all":  # Mistral: every layer, whenever sliding_window is set (layer_types ignored)
+    return ("L", int(window)) if window is not None else ("", None)
+  if kind == "qwen" and not get("use_sliding_window"):
+    window = None  # Qwen2/3Config: sliding_window = sliding_window if use_sliding_window else None
+  types = hf.get("layer_types")
+  if types is None:
+    if kind == "qwen":
+      types = ["sliding_attention" if window is not None and i >= get("max_window_layers") else "full_attention"
+               for i in range(n)]
+    else:
+      period = 2 if kind == "gemma2" else int(hf.get("sliding_window_pattern", 6))
+      types = ["sliding_attention" if (i + 1) % period else "full_attention" for i in range(n)]
+  unknown = sorted(set(types) - set(_LAYER_TYPES))
+  if unknown or len(types) != n:
+    problems.append(f"layer_types={types!r} (need {n} of {sorted(_LAYER_TYPES)})")
+    return "", None
+  pattern = "".join(_LAYER_TYPES[t] for t in types)
+  if window is None or "L" not in pattern:
+    return "", None
+  return pattern, int(window)
+
+
+def _read_rope(params, hf: Mapping[str, Any], max_positions, problems: List[str], default_theta: float):
+  """RoPE settings (4.x `rope_theta` + `rope_scaling`, or 5.x `rope_parameters`) -> ModelConfig fields
+  {rope_theta, rope_scaling, ...}; unsupported settings go to `problems`."""
   if not isinstance(params, Mapping):
     problems.append(f"rope parameters {params!r} (expected a dict)")
     return {}
   theta = params.get("rope_theta", hf.get("rope_theta"))
-  fields: Dict[str, Any] = {"rope_theta": 10000.0 if theta is None else float(theta)}
+  fields: Dict[str, Any] = {"rope_theta": default_theta if theta is None else float(theta)}
   partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
   if partial is not None and float(partial) != 1.0:
     problems.append(f"partial_rotary_factor={partial} (our RoPE rotates the whole head)")
@@ -233,126 +321,175 @@ def _read_rope(hf: Mapping[str, Any], max_positions, problems: List[str]) -> Dic
   return fields
 
 
-def _expected(dims) -> Dict[str, Tuple[int, ...]]:
-  """HF tensor name -> shape for a LLaMA-layout checkpoint."""
-  d, h, k, l, f, V = (dims[key] for key in "dhklfV")
-  shapes = {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,)}
-  for i in range(dims["n"]):
-    p = f"model.layers.{i}."
-    shapes.update({
-        p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
-        p + "self_attn.q_proj.weight": (h * l, d), p + "self_attn.k_proj.weight": (k * l, d),
-        p + "self_attn.v_proj.weight": (k * l, d), p + "self_attn.o_proj.weight": (d, h * l),
-        p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d),
-        p + "mlp.down_proj.weight": (d, f)})
-  if not dims["tied"]:
-    shapes["lm_head.weight"] = (V, d)
-  return shapes
+# ----------------------------------------------------------------------------- tensor layout
+def _layout(config: ModelConfig, family: str, untied: bool) -> Dict[Tuple[str, ...], Tuple[str, bool]]:
+  """Our leaf path -> (HF tensor name, transposed?) for every leaf of config's tree."""
+  gemma2 = _FAMILIES[family].get("post_norms", False)
+  norms = {"input_layernorm": "pre_self_attention_layer_norm"}
+  if gemma2:
+    norms.update(post_attention_layernorm="post_self_attention_layer_norm",
+                 pre_feedforward_layernorm="pre_mlp_layer_norm",
+                 post_feedforward_layernorm="post_mlp_layer_norm")
+  else:
+    norms["post_attention_layernorm"] = "pre_mlp_layer_norm"
+  out = {("token_embedder", "embedding"): ("model.embed_tokens.weight", False),
+         ("decoder_norm", "scale"): ("model.norm.weight", False)}
+  for i in range(config.n_layers):
+    p, lay = f"model.layers.{i}.", f"layers_{i}"
+    for theirs, ours in norms.items():
+      out[(lay, ours, "scale")] = (p + theirs + ".weight", False)
+    for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj"), ("out", "o_proj")):
+      out[(lay, "self_attention", ours, "kernel")] = (p + f"self_attn.{theirs}.weight", True)
+      if config.qkv_bias and ours != "out" or config.out_bias and ours == "out":
+        out[(lay, "self_attention", ours, "bias")] = (p + f"self_attn.{theirs}.bias", False)
+    if config.qk_norm:
+      out[(lay, "self_attention", "query_norm", "scale")] = (p + "self_attn.q_norm.weight", False)
+      out[(lay, "self_attention", "key_norm", "scale")] = (p + "self_attn.k_norm.weight", False)
+    for ours, theirs in (("wi_0", "gate_proj"), ("wi_1", "up_proj"), ("wo", "down_proj")):
+      out[(lay, "mlp", ours, "kernel")] = (p + f"mlp.{theirs}.weight", True)
+  if untied:
+    out[("logits_dense", "kernel")] = ("lm_head.weight", True)
+  return out
 
 
-def _check_tensors(shapes: Mapping[str, tuple], dims) -> None:
-  expected = _expected(dims)
-  missing = sorted(set(expected) - set(shapes))
+def _check_tensors(headers, layout, shapes, quantized: bool) -> None:
+  """Names, shapes and dtypes of the checkpoint against the layout (headers only), one error each."""
+  want = {name: shapes[path][::-1] if t else shapes[path] for path, (name, t) in layout.items()}
+  missing = sorted(set(want) - set(headers))
   if missing:
     more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
     raise ValueError(f"checkpoint is missing tensor {', '.join(missing[:3])}{more}")
-  allowed = set(expected) | {"lm_head.weight"}
-  unexpected = sorted(name for name in set(shapes) - allowed if not name.endswith(_IGNORED_SUFFIXES))
+  allowed = set(want) | {"lm_head.weight"}
+  unexpected = sorted(name for name in set(headers) - allowed if not name.endswith(_IGNORED_SUFFIXES))
   if unexpected:
     raise ValueError(f"unsupported checkpoint: unexpected tensor {', '.join(unexpected[:3])}")
-  for name, shape in expected.items():
-    if tuple(shapes[name]) != shape:
-      raise ValueError(f"tensor {name} has shape {tuple(shapes[name])}, config implies {shape}")
+  for name, shape in want.items():
+    if headers[name][1] != shape:
+      raise ValueError(f"tensor {name} has shape {headers[name][1]}, config implies {shape}")
+  not_float = sorted(name for name in want if headers[name][2] not in _FLOAT_DTYPES)
+  if not_float:
+    hint = "" if quantized else " without a quantization_config (int8 weights are not float weights)"
+    raise ValueError(f"unsupported checkpoint: tensor {not_float[0]} has dtype {headers[not_float[0]][2]}{hint}; "
+                     "only float checkpoints (BF16, F16, F32) are read")
 
 
-# ----------------------------------------------------------------------------- conversion
-def _convert(read, dims, norm_offset: float, embed_scale: float, out_scale: float) -> Params:
-  """HF LLaMA-layout tensors -> our tree. Norm scale = w + norm_offset; embedding *= embed_scale;
-  out/wo kernels *= out_scale."""
-  d, h, k, l, n = (dims[key] for key in "dhkln")
-  rep = h // k
-
-  def heads(name, num, scale=1.0):  # [num*l, d] -> [d, h*l] (heads-major; kv heads repeated for GQA)
-    kernel = read(name).T.reshape(d, num, l) * np.float32(scale)
-    return (np.repeat(kernel, rep, axis=1) if num != h else kernel).reshape(d, h * l)
-
-  decoder = {"token_embedder": {"embedding": read("model.embed_tokens.weight") * np.float32(embed_scale)}}
-  for i in range(n):
-    p = f"model.layers.{i}."
-    decoder[f"layers_{i}"] = {
-        "pre_self_attention_layer_norm": {"scale": read(p + "input_layernorm.weight") + np.float32(norm_offset)},
-        "self_attention": {
-            "query": {"kernel": heads(p + "self_attn.q_proj.weight", h, 1.0 / math.sqrt(l))},
-            "key": {"kernel": heads(p + "self_attn.k_proj.weight", k)},
-            "value": {"kernel": heads(p + "self_attn.v_proj.weight", k)},
-            "out": {"kernel": read(p + "self_attn.o_proj.weight").T * np.float32(out_scale)}},
-        "pre_mlp_layer_norm": {"scale": read(p + "post_attention_layernorm.weight") + np.float32(norm_offset)},
-        "mlp": {"wi_0": {"kernel": read(p + "mlp.gate_proj.weight").T},
-                "wi_1": {"kernel": read(p + "mlp.up_proj.weight").T},
-                "wo": {"kernel": read(p + "mlp.down_proj.weight").T * np.float32(out_scale)}}}
-  decoder["decoder_norm"] = {"scale": read("model.norm.weight") + np.float32(norm_offset)}
-  if not dims["tied"]:
-    decoder["logits_dense"] = {"kernel": read("lm_head.weight").T}
-  return {"decoder": _contiguous(decoder)}
+def _tied(config: ModelConfig, headers) -> bool:
+  """transformers 5.x: tie_word_embeddings ties unless lm_head.weight is present and differs from
+  the embedding (compared row block by row block, so no second [V, d] copy is ever held)."""
+  if not config.tie_embeddings or "lm_head.weight" not in headers:
+    return config.tie_embeddings
+  (e_file, shape, _), (h_file, h_shape, _) = headers["model.embed_tokens.weight"], headers["lm_head.weight"]
+  if h_shape != shape:
+    return False
+  rows = max(1, (64 << 20) // max(1, shape[1] * 4))
+  for start in range(0, shape[0], rows):
+    block = slice(start, min(start + rows, shape[0]))
+    if not np.array_equal(_read(e_file, "model.embed_tokens.weight", (block,)),
+                          _read(h_file, "lm_head.weight", (block,))):
+      return False
+  return True
 
 
-def _contiguous(tree):
-  if isinstance(tree, dict):
-    return {key: _contiguous(value) for key, value in tree.items()}
-  return np.ascontiguousarray(tree, dtype=np.float32)
+def _build(file: str, name: str, transposed: bool, dtype, shape, sharding):
+  """One leaf: numpy (sharding None) or a global jax.Array whose addressable shards are read as
+  slices of the tensor, each distinct slice once."""
+  def read(index):
+    index = tuple(index)
+    arr = _read(file, name, index[::-1] if transposed else index)
+    arr = arr.T if transposed else arr
+    return np.ascontiguousarray(arr.astype(dtype, copy=False))
+  if sharding is None:
+    return read((slice(None),) * len(shape))
+  cache: Dict[Any, np.ndarray] = {}
+
+  def callback(index):
+    key = tuple((s.start, s.stop, s.step) for s in index)
+    if key not in cache:
+      cache[key] = read(index)
+    return cache[key]
+  return jax.make_array_from_callback(tuple(shape), sharding, callback)
 
 
-def _load(path, model_type):
-  """Validates config and tensor names/shapes (headers only) -> (dims, ModelConfig, reader)."""
-  root, names = _locate(path)
-  with open(os.path.join(root, "config.json")) as f:
-    hf = json.load(f)
-  dims = _read_config(hf, model_type)
-  try:
-    config = ModelConfig(**dims["fields"])
-  except ValueError as e:
-    raise ValueError(f"unsupported config.json: {e}") from e
-  _check_tensors(_shapes(names), dims)
-  return dims, config, _Reader(names)
+def load(path_or_dir, *, mesh=None, tied_mode: str = "keep", check_finite: bool = True
+         ) -> Tuple[Params, ModelConfig]:
+  """Hugging Face checkpoint -> (params {'decoder': ...}, ModelConfig), the family from model_type.
 
-
-def import_llama(path_or_dir, *, tied_mode: str = "rescale") -> Tuple[Params, ModelConfig]:
-  """LLaMA-HF checkpoint -> (params {'decoder': ...} float32 numpy, ModelConfig).
-
-  tied_mode (tied checkpoints only): 'rescale' keeps the output layer tied via the exact
-  sqrt(d) reparametrization (module docstring); 'untie' copies E^T into logits_dense.
+  mesh: None -> numpy arrays; a Mesh -> jax.Arrays placed on sharding.param_shardings(config, mesh),
+    each process reading only its devices' slices. Arrays keep the checkpoint's dtype
+    (ModelConfig.param_dtype; a tensor stored in another float dtype than the embedding is cast to it).
+  tied_mode (tied checkpoints only): 'keep' the output layer tied (y E^T), or 'untie' it (E^T
+    copied into logits_dense).
+  check_finite: the teacher's one finiteness pass (every leaf isfinite, on device), here where it
+    is loaded; the transforms do not repeat it.
+  Everything that can be checked from config.json and the safetensors headers is checked first.
   """
+  from guide_jax import model, sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from guide_jax.transforms import validate  # pylint: disable=g-import-not-at-top
   if tied_mode not in TIED_MODES:
     raise ValueError(f"tied_mode must be one of {TIED_MODES}, got {tied_mode!r}")
-  dims, config, read = _load(path_or_dir, "llama")
-  scale = 1.0
-  if dims["tied"] and tied_mode == "rescale":
-    scale = math.sqrt(dims["d"])
-    config = config.replace(norm_eps=config.norm_eps * dims["d"])
-  params = _convert(read, dims, norm_offset=0.0, embed_scale=scale, out_scale=scale)
-  if dims["tied"] and tied_mode == "untie":
-    params["decoder"]["logits_dense"] = {
-        "kernel": np.ascontiguousarray(params["decoder"]["token_embedder"]["embedding"].T)}
+  root, files = _locate(path_or_dir)
+  hf = _read_json(os.path.join(root, "config.json"), "config.json")
+  if not isinstance(hf, Mapping):
+    raise ValueError(f"config.json {os.path.join(root, 'config.json')} is not a JSON object")
+  family, fields, _ = read_config(hf)
+  headers = _headers(files)
+  embed = headers.get("model.embed_tokens.weight")
+  fields["param_dtype"] = _FLOAT_DTYPES.get(embed[2], "float32") if embed else "float32"
+  try:
+    config = ModelConfig(**fields)
+  except ValueError as e:
+    raise ValueError(f"unsupported config.json: {e}") from e
+  shapes = {path: leaf.shape for path, leaf in validate.flatten_paths(model.param_shapes(config)["decoder"])}
+  provisional = _layout(config, family, untied=not config.tie_embeddings)
+  _check_tensors(headers, provisional, shapes, hf.get("quantization_config") is not None)
+  tied = _tied(config, headers)
+  if tied != config.tie_embeddings:  # a present, different lm_head: used, untied (transformers 5.x)
     config = config.replace(tie_embeddings=False)
-  return params, config
-
-
-def import_gemma(path_or_dir) -> Tuple[Params, ModelConfig]:
-  """Gemma (1) HF checkpoint -> (params, ModelConfig); norms 1 + w, embedding * sqrt(d)."""
-  dims, config, read = _load(path_or_dir, "gemma")  # Gemma 2/3 ('gemma2', ...) fail the type check
-  params = _convert(read, dims, norm_offset=1.0, embed_scale=math.sqrt(dims["d"]), out_scale=1.0)
+    shapes = {path: leaf.shape for path, leaf in validate.flatten_paths(model.param_shapes(config)["decoder"])}
+  layout = _layout(config, family, untied=not config.tie_embeddings)
+  untie = config.tie_embeddings and tied_mode == "untie"
+  if untie:
+    config = config.replace(tie_embeddings=False)
+    layout[("logits_dense", "kernel")] = ("model.embed_tokens.weight", True)
+    shapes[("logits_dense", "kernel")] = shapes[("token_embedder", "embedding")][::-1]
+  dtype = np.dtype(model._dtype(config.param_dtype))
+  target = None
+  if mesh is not None:
+    target = dict(validate.flatten_paths(sharding_lib.param_shardings(config, mesh)["decoder"]))
+  decoder: Dict[str, Any] = {}
+  for path, (name, transposed) in layout.items():
+    node = decoder
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = _build(headers[name][0], name, transposed, dtype, shapes[path],
+                            None if target is None else target[path])
+  params = {"decoder": decoder}
+  if check_finite:
+    validate.check_finite(params, f"teacher params ({root})")
   return params, config
 
 
 def import_hf(path_or_dir, **kwargs) -> Tuple[Params, ModelConfig]:
-  """Dispatch on config.json's model_type ('llama' | 'gemma')."""
+  """load() for any supported model_type (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text)."""
+  return load(path_or_dir, **kwargs)
+
+
+def _import_family(path_or_dir, families, **kwargs):
   root, _ = _locate(path_or_dir)
-  with open(os.path.join(root, "config.json")) as f:
-    model_type = json.load(f).get("model_type")
-  importers = {"llama": import_llama, "gemma": import_gemma}
-  if model_type not in importers:
-    raise ValueError(f"unsupported model_type {model_type!r}; supported: {sorted(importers)}")
-  return importers[model_type](path_or_dir, **kwargs)
+  model_type = _read_json(os.path.join(root, "config.json"), "config.json").get("model_type")
+  if model_type not in families:
+    raise ValueError(f"unsupported model_type {model_type!r} in config.json; expected {families[0]!r}")
+  return load(path_or_dir, **kwargs)
+
+
+def import_llama(path_or_dir, **kwargs) -> Tuple[Params, ModelConfig]:
+  """load() of a Llama checkpoint (model_type 'llama' only)."""
+  return _import_family(path_or_dir, ("llama",), **kwargs)
+
+
+def import_gemma(path_or_dir, **kwargs) -> Tuple[Params, ModelConfig]:
+  """load() of a Gemma 1 checkpoint (model_type 'gemma' only)."""
+  return _import_family(path_or_dir, ("gemma",), **kwargs)
 
 
 # ----------------------------------------------------------------------------- export
@@ -372,11 +509,16 @@ def _hf_rope_scaling(config: ModelConfig):
 
 
 def export_llama(params: Params, config, out_dir, *, max_position_embeddings: int = 2048) -> str:
-  """Inverse of import_llama: writes out_dir/{model.safetensors, config.json} (float32, MHA).
+  """A Llama-layout model as out_dir/{model.safetensors, config.json} (float32; GQA kept).
 
-  config: ModelConfig or a dict of its fields. Tied models are written tied with the inverse
-  of tied_mode='rescale' (E / sqrt(d), out and wo / sqrt(d), eps / d), so the HF forward equals
-  ours. config.json uses the 4.x keys `rope_theta` and `rope_scaling`, which transformers 5.x
+  config: ModelConfig or a dict of its fields; options Llama has no equivalent for (q/k norms,
+  post-norms, soft-caps, sliding windows, Gemma's embedding or norms, biases on only some
+  projections) are refused. Tied models in t5x's layout (embedding_style 't5x': logits y E^T /
+  sqrt(d)) are written with the exact reparametrization E / sqrt(d), out and wo / sqrt(d), eps / d
+  (the residual stream scaled by 1 / sqrt(d), every RMSNorm output unchanged), so the HF forward
+  equals ours; embedding_style 'hf' is written as it is. The attention scale: a query kernel with
+  1/sqrt(l) folded in (query_pre_attn_scalar None) is written * sqrt(l); with
+  query_pre_attn_scalar s, * sqrt(l / s) (1 when s = l, as import_llama sets it). config.json uses the 4.x keys `rope_theta` and `rope_scaling`, which transformers 5.x
   reads too. Each file is written atomically (guide_jax.data.atomic; the safetensors file is
   serialized in memory first); stale shards are not removed.
   """
@@ -387,7 +529,19 @@ def export_llama(params: Params, config, out_dir, *, max_position_embeddings: in
       raise ValueError(f"config is not a ModelConfig's fields: {e}") from e
   d, n, h, l, f, V = (config.d_model, config.n_layers, config.n_heads, config.head_dim,
                       config.mlp_dim, config.vocab_size)
+  k = config.kv_heads
   tied = config.tie_embeddings
+  unrepresentable = [f"{name}={getattr(config, name)!r}" for name in
+                     ("qk_norm", "post_norms", "norm_offset", "attn_logit_softcap", "final_logit_softcap",
+                      "sliding_window", "rope_local_theta")
+                     if getattr(config, name) != ModelConfig.__dataclass_fields__[name].default]
+  if config.embedding_style == "gemma":
+    unrepresentable.append("embedding_style='gemma'")
+  if config.qkv_bias != config.out_bias:
+    unrepresentable.append(f"qkv_bias={config.qkv_bias} with out_bias={config.out_bias} (Llama's "
+                           "attention_bias is all four projections or none)")
+  if unrepresentable:
+    raise ValueError("unsupported config for a Llama export: " + ", ".join(unrepresentable))
   if config.position_embedding != "rope":
     raise ValueError(f"unsupported config: position_embedding={config.position_embedding!r} "
                      "(LLaMA uses rope)")
@@ -403,10 +557,16 @@ def export_llama(params: Params, config, out_dir, *, max_position_embeddings: in
     expected.update({
         (lay, "pre_self_attention_layer_norm", "scale"): (d,),
         (lay, "pre_mlp_layer_norm", "scale"): (d,),
-        **{(lay, "self_attention", m, "kernel"): (d, h * l) for m in ("query", "key", "value")},
+        (lay, "self_attention", "query", "kernel"): (d, h * l),
+        **{(lay, "self_attention", m, "kernel"): (d, k * l) for m in ("key", "value")},
         (lay, "self_attention", "out", "kernel"): (h * l, d),
         (lay, "mlp", "wi_0", "kernel"): (d, f), (lay, "mlp", "wi_1", "kernel"): (d, f),
         (lay, "mlp", "wo", "kernel"): (f, d)})
+    if config.qkv_bias:
+      expected.update({(lay, "self_attention", "query", "bias"): (h * l,),
+                       (lay, "self_attention", "key", "bias"): (k * l,),
+                       (lay, "self_attention", "value", "bias"): (k * l,),
+                       (lay, "self_attention", "out", "bias"): (d,)})
   if not tied:
     expected[("logits_dense", "kernel")] = (d, V)
   leaves = {}
@@ -422,8 +582,9 @@ def export_llama(params: Params, config, out_dir, *, max_position_embeddings: in
 
   eps = float(config.norm_eps)
   scale = 1.0
-  if tied:
+  if tied and config.embedding_style == "t5x":
     scale, eps = math.sqrt(d), eps / d
+  q_scale = math.sqrt(l) if config.query_pre_attn_scalar is None else math.sqrt(l / config.query_pre_attn_scalar)
   get = lambda *keys: leaves[keys]
   inv = np.float32(1.0 / scale)
   tensors = {"model.embed_tokens.weight": get("token_embedder", "embedding") * inv,
@@ -434,22 +595,27 @@ def export_llama(params: Params, config, out_dir, *, max_position_embeddings: in
     tensors.update({
         p + "input_layernorm.weight": get(lay, "pre_self_attention_layer_norm", "scale"),
         p + "post_attention_layernorm.weight": get(lay, "pre_mlp_layer_norm", "scale"),
-        p + "self_attn.q_proj.weight": att("query") * np.float32(math.sqrt(l)),
+        p + "self_attn.q_proj.weight": att("query") * np.float32(q_scale),
         p + "self_attn.k_proj.weight": att("key"),
         p + "self_attn.v_proj.weight": att("value"),
         p + "self_attn.o_proj.weight": get(lay, "self_attention", "out", "kernel").T * inv,
         p + "mlp.gate_proj.weight": get(lay, "mlp", "wi_0", "kernel").T,
         p + "mlp.up_proj.weight": get(lay, "mlp", "wi_1", "kernel").T,
         p + "mlp.down_proj.weight": get(lay, "mlp", "wo", "kernel").T * inv})
+    if config.qkv_bias:
+      tensors.update({p + "self_attn.q_proj.bias": get(lay, "self_attention", "query", "bias") * np.float32(q_scale),
+                      p + "self_attn.k_proj.bias": get(lay, "self_attention", "key", "bias"),
+                      p + "self_attn.v_proj.bias": get(lay, "self_attention", "value", "bias"),
+                      p + "self_attn.o_proj.bias": get(lay, "self_attention", "out", "bias") * inv})
   if not tied:
     tensors["lm_head.weight"] = get("logits_dense", "kernel").T
   hf_config = {
       "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": V,
       "hidden_size": d, "intermediate_size": f, "num_hidden_layers": n,
-      "num_attention_heads": h, "num_key_value_heads": h, "head_dim": l,
+      "num_attention_heads": h, "num_key_value_heads": k, "head_dim": l,
       "rms_norm_eps": eps, "rope_theta": float(config.rope_theta),
       "rope_scaling": _hf_rope_scaling(config),
-      "tie_word_embeddings": tied, "hidden_act": _HF_ACTS[act], "attention_bias": False,
+      "tie_word_embeddings": tied, "hidden_act": _HF_ACTS[act], "attention_bias": config.qkv_bias,
       "mlp_bias": False, "max_position_embeddings": int(max_position_embeddings),
       "torch_dtype": "float32"}
 

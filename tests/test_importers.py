@@ -107,6 +107,7 @@ def flatten(tree, prefix=""):
 
 # ----------------------------------------------------------------------------- structure/values
 def test_llama_tree_shapes_and_values(tmp_path):
+  """Every leaf is one checkpoint tensor, copied or transposed (no scaling, kv heads kept)."""
   from guide_jax import model
   path, cfg, t = checkpoint(tmp_path, "v4/llama_mqa_tied_head_dim", tie_word_embeddings=False)
   d, h, k, l, f, V, n, _ = dims(cfg)
@@ -114,19 +115,18 @@ def test_llama_tree_shapes_and_values(tmp_path):
   params, config = importers.import_llama(path)
   assert config == ModelConfig(vocab_size=V, d_model=d, n_layers=n, n_heads=h, head_dim=l,
                                mlp_dim=f, tie_embeddings=False, norm_eps=1e-6, rope_theta=10000.0,
-                               mlp_activation="silu")
+                               mlp_activation="silu", n_kv_heads=1, query_pre_attn_scalar=float(l),
+                               embedding_style="hf")
   expected = {key: s.shape for key, s in flatten(model.param_shapes(config)).items()}
   got = flatten(params)
   assert {key: v.shape for key, v in got.items()} == expected
   assert all(v.dtype == np.float32 for v in got.values())
   dec, lay = params["decoder"], params["decoder"]["layers_1"]
   p = "model.layers.1."
-  kv = lambda name: np.repeat(t[p + name].T.reshape(d, k, l), h // k, axis=1).reshape(d, h * l)
   np.testing.assert_array_equal(dec["token_embedder"]["embedding"], t["model.embed_tokens.weight"])
-  np.testing.assert_allclose(lay["self_attention"]["query"]["kernel"],  # [d, h*l], 1/sqrt(l) folded in
-                             t[p + "self_attn.q_proj.weight"].T / math.sqrt(l), rtol=1e-6)
-  np.testing.assert_array_equal(lay["self_attention"]["key"]["kernel"], kv("self_attn.k_proj.weight"))
-  np.testing.assert_array_equal(lay["self_attention"]["value"]["kernel"], kv("self_attn.v_proj.weight"))
+  np.testing.assert_array_equal(lay["self_attention"]["query"]["kernel"], t[p + "self_attn.q_proj.weight"].T)
+  np.testing.assert_array_equal(lay["self_attention"]["key"]["kernel"], t[p + "self_attn.k_proj.weight"].T)
+  np.testing.assert_array_equal(lay["self_attention"]["value"]["kernel"], t[p + "self_attn.v_proj.weight"].T)
   np.testing.assert_array_equal(lay["self_attention"]["out"]["kernel"], t[p + "self_attn.o_proj.weight"].T)
   np.testing.assert_array_equal(lay["mlp"]["wi_0"]["kernel"], t[p + "mlp.gate_proj.weight"].T)
   np.testing.assert_array_equal(lay["mlp"]["wi_1"]["kernel"], t[p + "mlp.up_proj.weight"].T)
@@ -137,25 +137,28 @@ def test_llama_tree_shapes_and_values(tmp_path):
   np.testing.assert_array_equal(dec["logits_dense"]["kernel"], t["lm_head.weight"].T)
 
 
-def test_gqa_repeats_kv_heads_consecutively(tmp_path):
+def test_gqa_is_kept(tmp_path):
   path, cfg, t = checkpoint(tmp_path, "v5/llama_gqa_theta")
   d, h, k, l = dims(cfg)[:4]
   assert (h, k) == (4, 2)
-  params, _ = importers.import_llama(path)
-  key = params["decoder"]["layers_0"]["self_attention"]["key"]["kernel"].reshape(d, h, l)
-  src = t["model.layers.0.self_attn.k_proj.weight"].T.reshape(d, k, l)
-  for i in range(h):  # HF repeat_kv: query head i reads kv head i // (h / k)
-    np.testing.assert_array_equal(key[:, i], src[:, i // (h // k)])
+  params, config = importers.import_llama(path)
+  assert config.n_kv_heads == 2 and config.kv_heads == 2
+  key = params["decoder"]["layers_0"]["self_attention"]["key"]["kernel"]
+  np.testing.assert_array_equal(key, t["model.layers.0.self_attn.k_proj.weight"].T)  # [d, k*l]
 
 
-def test_sharded_bf16_checkpoint_and_path_forms(tmp_path):
+def test_bf16_stays_bf16_sharded_checkpoint_and_path_forms(tmp_path):
   cfg = fixture_config("v5/llama_gqa_theta")
   t16 = {key: v.astype(ml_dtypes.bfloat16) for key, v in hf_tensors(cfg).items()}
   sharded = write_checkpoint(str(tmp_path / "sharded"), cfg, t16, shards=3)
-  single = write_checkpoint(str(tmp_path / "single"), cfg,
-                            {key: v.astype(np.float32) for key, v in t16.items()})
+  single = write_checkpoint(str(tmp_path / "single"), cfg, t16)
   assert len([f for f in os.listdir(sharded) if f.endswith(".safetensors")]) == 3
-  ref = flatten(importers.import_llama(single)[0])
+  ref_params, ref_config = importers.import_llama(single)
+  assert ref_config.param_dtype == "bfloat16"
+  ref = flatten(ref_params)
+  assert all(v.dtype == ml_dtypes.bfloat16 for v in ref.values())
+  np.testing.assert_array_equal(ref["decoder/layers_0/self_attention/query/kernel"].view(np.uint16),
+                                t16["model.layers.0.self_attn.q_proj.weight"].T.view(np.uint16))  # bit for bit
   for path in (sharded, os.path.join(sharded, "model.safetensors.index.json")):
     got = flatten(importers.import_llama(path)[0])
     assert got.keys() == ref.keys()
@@ -165,20 +168,53 @@ def test_sharded_bf16_checkpoint_and_path_forms(tmp_path):
   np.testing.assert_array_equal(got["decoder/layers_0/mlp/wo/kernel"], ref["decoder/layers_0/mlp/wo/kernel"])
 
 
-def test_tied_llama_rescale_and_untie(tmp_path):
+def test_sharded_placement_reads_only_each_devices_slices(tmp_path, monkeypatch):
+  """With a mesh every leaf is built on its target sharding from slice reads, each slice once."""
+  import jax
+  from guide_jax import sharding
+  path, cfg, t = checkpoint(tmp_path, "v5/llama_gqa_theta")
+  reads = []
+  real = importers._read
+  monkeypatch.setattr(importers, "_read", lambda file, name, index=None: reads.append((name, index)) or
+                      real(file, name, index))
+  mesh = sharding.make_mesh(model_parallel=4)
+  params, config = importers.import_llama(path, mesh=mesh)
+  want = sharding.param_shardings(config, mesh)
+  for leaf, sh in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(want)):
+    assert leaf.sharding.is_equivalent_to(sh, leaf.ndim)
+  q = [index for name, index in reads if name == "model.layers.0.self_attn.q_proj.weight"]
+  assert len(q) == 4 and len(set(map(str, q))) == 4  # four model-parallel slices, each read once
+  np.testing.assert_array_equal(np.asarray(params["decoder"]["layers_0"]["self_attention"]["query"]["kernel"]),
+                                t["model.layers.0.self_attn.q_proj.weight"].T)
+
+
+def test_tied_llama_keep_and_untie(tmp_path):
   path, cfg, t = checkpoint(tmp_path, "v5/llama_mqa_tied_head_dim")
-  d, eps = cfg["hidden_size"], cfg["rms_norm_eps"]
+  eps = cfg["rms_norm_eps"]
   e = t["model.embed_tokens.weight"]
   params, config = importers.import_llama(path)
   assert config.tie_embeddings and "logits_dense" not in params["decoder"]
-  assert config.norm_eps == pytest.approx(eps * d)
-  np.testing.assert_allclose(params["decoder"]["token_embedder"]["embedding"], e * math.sqrt(d), rtol=1e-6)
-  np.testing.assert_allclose(params["decoder"]["layers_0"]["mlp"]["wo"]["kernel"],
-                             t["model.layers.0.mlp.down_proj.weight"].T * math.sqrt(d), rtol=1e-6)
+  assert config.norm_eps == eps and config.embedding_style == "hf"
+  np.testing.assert_array_equal(params["decoder"]["token_embedder"]["embedding"], e)
   params, config = importers.import_llama(path, tied_mode="untie")
   assert not config.tie_embeddings and config.norm_eps == eps
   np.testing.assert_array_equal(params["decoder"]["token_embedder"]["embedding"], e)
   np.testing.assert_array_equal(params["decoder"]["logits_dense"]["kernel"], e.T)
+
+
+def test_tied_config_with_a_different_lm_head_is_untied_as_transformers_5(tmp_path):
+  """tie_word_embeddings true + a present lm_head.weight that differs: transformers 5.x uses it
+  untied (the old importer dropped it and tied: 114 % off); an equal one stays tied."""
+  cfg = fixture_config("v5/llama_mqa_tied_head_dim")
+  t = hf_tensors(cfg)
+  head = np.random.default_rng(5).normal(size=t["model.embed_tokens.weight"].shape).astype(np.float32)
+  path = write_checkpoint(str(tmp_path / "different"), cfg, {**t, "lm_head.weight": head})
+  params, config = importers.import_llama(path)
+  assert not config.tie_embeddings
+  np.testing.assert_array_equal(params["decoder"]["logits_dense"]["kernel"], head.T)
+  path = write_checkpoint(str(tmp_path / "same"), cfg, {**t, "lm_head.weight": t["model.embed_tokens.weight"]})
+  params, config = importers.import_llama(path)
+  assert config.tie_embeddings and "logits_dense" not in params["decoder"]
 
 
 def test_gemma_conventions(tmp_path):
@@ -186,13 +222,13 @@ def test_gemma_conventions(tmp_path):
   d = cfg["hidden_size"]
   params, config = importers.import_gemma(path)
   assert config.mlp_activation == "gelu" and config.tie_embeddings and config.norm_eps == 1e-6
+  assert config.embedding_style == "gemma" and config.norm_offset == 1.0
   dec = params["decoder"]
-  np.testing.assert_allclose(dec["token_embedder"]["embedding"],
-                             t["model.embed_tokens.weight"] * math.sqrt(d), rtol=1e-6)
-  np.testing.assert_allclose(dec["decoder_norm"]["scale"], 1.0 + t["model.norm.weight"])
-  np.testing.assert_allclose(dec["layers_0"]["pre_mlp_layer_norm"]["scale"],
-                             1.0 + t["model.layers.0.post_attention_layernorm.weight"])
-  assert dec["layers_0"]["self_attention"]["value"]["kernel"].shape == (d, 4 * 8)
+  np.testing.assert_array_equal(dec["token_embedder"]["embedding"], t["model.embed_tokens.weight"])
+  np.testing.assert_array_equal(dec["decoder_norm"]["scale"], t["model.norm.weight"])
+  np.testing.assert_array_equal(dec["layers_0"]["pre_mlp_layer_norm"]["scale"],
+                                t["model.layers.0.post_attention_layernorm.weight"])
+  assert dec["layers_0"]["self_attention"]["value"]["kernel"].shape == (d, dims(cfg)[2] * 8)
   _, config2 = importers.import_hf(path)
   assert config2 == config
 
@@ -265,13 +301,13 @@ def test_unsupported_settings_in_one_error_before_tensors(tmp_path):
   """Every unsupported setting is named in one ValueError, raised before any tensor is checked."""
   yarn = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
           "original_max_position_embeddings": 32}
-  path, _, _ = checkpoint(tmp_path, "v5/llama_gqa_theta", attention_bias=True, mlp_bias=True,
+  path, _, _ = checkpoint(tmp_path, "v5/llama_gqa_theta", mlp_bias=True,
                           rope_parameters=yarn, hidden_act="gelu_python", num_hidden_layers=7)
   with pytest.raises(ValueError) as err:
     importers.import_llama(path)
   msg = str(err.value)
   assert msg.startswith("unsupported config.json: ") and "missing tensor" not in msg
-  for part in ("attention_bias=true", "mlp_bias=true", "rope_type='yarn'", "hidden_act='gelu_python'"):
+  for part in ("mlp_bias=true", "rope_type='yarn'", "hidden_act='gelu_python'"):
     assert part in msg
   path, _, _ = checkpoint(tmp_path, "v5/gemma_hub_act", name="g", use_bidirectional_attention=True,
                           rope_parameters={"rope_type": "default", "partial_rotary_factor": 0.5})
@@ -339,11 +375,12 @@ def test_export_import_round_trip(tmp_path, tied, extra):
   hf = json.load(open(os.path.join(out, "config.json")))
   assert hf["tie_word_embeddings"] == tied and hf["num_key_value_heads"] == 4
   params2, config2 = importers.import_llama(out)
-  assert config2.replace(norm_eps=1e-6) == config and config2.norm_eps == pytest.approx(1e-6)
-  a, b = flatten(params), flatten(params2)
-  assert a.keys() == b.keys()
-  for key in a:
-    np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-7, err_msg=key)
+  # transformers' layout: the softmax scale and (tied) the output scale are explicit, not in the weights
+  assert config2 == config.replace(query_pre_attn_scalar=8.0, embedding_style="hf",
+                                   norm_eps=1e-6 / 16 if tied else 1e-6)
+  from guide_jax import model
+  x = np.random.default_rng(0).integers(0, 32, size=(2, 9))
+  np.testing.assert_allclose(model.apply(config2, params2, x), model.apply(config, params, x), rtol=1e-5, atol=1e-5)
 
 
 def test_import_export_import_gqa(tmp_path):
@@ -351,11 +388,12 @@ def test_import_export_import_gqa(tmp_path):
   params, config = importers.import_llama(path)
   out = importers.export_llama(params, config, str(tmp_path / "out"))
   importers.export_llama(params, dict(vars(config)), out)  # overwriting is fine; a dict of fields too
+  assert json.load(open(os.path.join(out, "config.json")))["num_key_value_heads"] == config.kv_heads
   params2, config2 = importers.import_llama(out)
   assert config2 == config
   a, b = flatten(params), flatten(params2)
   for key in a:
-    np.testing.assert_allclose(b[key], a[key], rtol=1e-6, err_msg=key)
+    np.testing.assert_array_equal(b[key], a[key], err_msg=key)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -391,7 +429,9 @@ def test_errors(tmp_path):
   _expect(r"q_proj\.weight has shape", importers.import_llama, ckpt("shape", head_dim=4))
   _expect("unsupported model_type 'mistral'", importers.import_llama, ckpt("mistral", model_type="mistral"))
   _expect("unsupported model_type 'gemma2'", importers.import_gemma, ckpt("gemma2", model_type="gemma2"))
-  _expect("unsupported model_type 'gemma2'", importers.import_hf, str(tmp_path / "gemma2"))
+  _expect("unsupported model_type 'falcon'; supported: gemma, gemma2", importers.import_hf,
+          ckpt("falcon", model_type="falcon"))
+  _expect("the multimodal Gemma 3", importers.import_hf, ckpt("gemma3mm", model_type="gemma3"))
   _expect("expected 'gemma'", importers.import_gemma, ckpt("llama_as_gemma"))
   _expect("hidden_act='tanh'", importers.import_llama, ckpt("act", hidden_act="tanh"))
   _expect("config.json is missing hidden_size", importers.import_llama, ckpt("cfg", hidden_size=None))
@@ -400,6 +440,36 @@ def test_errors(tmp_path):
   sharded = ckpt("sharded", shards=2)
   os.remove(os.path.join(sharded, "model-00002-of-00002.safetensors"))
   _expect("missing checkpoint shard .*model-00002-of-00002", importers.import_llama, sharded)
+
+
+def test_int8_truncated_and_non_json_name_the_problem_and_path(tmp_path):
+  cfg = fixture_config("v4/llama_gqa_theta")
+  t = hf_tensors(cfg)
+  int8 = dict(t, **{"model.layers.0.mlp.down_proj.weight": t["model.layers.0.mlp.down_proj.weight"].astype(np.int8)})
+  path = write_checkpoint(str(tmp_path / "int8"), cfg, int8)
+  _expect(r"tensor model\.layers\.0\.mlp\.down_proj\.weight has dtype I8 without a quantization_config",
+          importers.import_llama, path)
+  path = write_checkpoint(str(tmp_path / "trunc"), cfg, t)
+  file = os.path.join(path, "model.safetensors")
+  data = open(file, "rb").read()
+  open(file, "wb").write(data[: len(data) // 2])
+  _expect(f"unreadable safetensors file {file}", importers.import_llama, path)
+  path = write_checkpoint(str(tmp_path / "json"), cfg, t)
+  open(os.path.join(path, "config.json"), "w").write("{not json")
+  _expect(f"config.json {os.path.join(path, 'config.json')} is not valid JSON", importers.import_llama, path)
+
+
+def test_teacher_finiteness_checked_once_at_load(tmp_path, monkeypatch):
+  from guide_jax.transforms import validate
+  cfg = fixture_config("v4/llama_gqa_theta")
+  t = hf_tensors(cfg)
+  t["model.layers.1.mlp.up_proj.weight"][0, 0] = np.nan
+  path = write_checkpoint(str(tmp_path / "nan"), cfg, t)
+  calls = []
+  real = validate.check_finite
+  monkeypatch.setattr(validate, "check_finite", lambda *a, **k: calls.append(1) or real(*a, **k))
+  _expect(r"NaN or Inf in: decoder/layers_1/mlp/wi_1/kernel", importers.import_llama, path)
+  assert len(calls) == 1
 
 
 def test_export_errors(tmp_path):

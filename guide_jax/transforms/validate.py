@@ -45,6 +45,11 @@ def flatten(params) -> dict:
   return traverse_util.flatten_dict(unfreeze(params), sep="/")
 
 
+def flatten_paths(tree) -> list:
+  """Nested dict of leaves -> [(('a', 'b', 'c'), leaf), ...]."""
+  return list(traverse_util.flatten_dict(unfreeze(tree)).items())
+
+
 def restrict(params, config: ModelConfig) -> dict:
   """`params` with exactly the keys of config's model tree, as plain dicts (drops t5x extras)."""
   def pick(tree, shapes):
