@@ -158,7 +158,7 @@ def convert(teacher_dir: str, student_config, output_dir: str, *,
   _check_output(output_dir, output_format, overwrite, teacher_dir)
 
   # 2. Teacher: present, complete, matching its config; the student no larger.
-  teacher_params, tokenizer = None, None
+  tokenizer = None
   if teacher_format == "hf":
     from guide_jax import importers  # pylint: disable=g-import-not-at-top (safetensors)
     from guide_jax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
@@ -166,7 +166,10 @@ def convert(teacher_dir: str, student_config, output_dir: str, *,
     if teacher_config is not None or teacher_step is not None:
       raise ValueError("a Hugging Face teacher carries its config: no --teacher_gin / --teacher_step")
     tokenizer = hf_tokenizer.fingerprint(teacher_dir)  # the data must be tokenized by this
-    teacher_params, teacher_config = importers.import_hf(teacher_dir)
+    # The config.json checks now (no tensor read); the tensors in shards at step 3.
+    with open(os.path.join(teacher_dir, "config.json")) as f:
+      _, fields, _ = importers.read_config(json.load(f))
+    teacher_config = ModelConfig(**fields)
     teacher_source = os.path.abspath(teacher_dir)
   elif teacher_format == "guide_jax":
     if teacher_config is not None:
@@ -199,8 +202,8 @@ def convert(teacher_dir: str, student_config, output_dir: str, *,
   # 3. Compute (only now): the teacher restored in shards, GUIDE compiled on the same mesh.
   mesh = sharding.make_mesh(model_parallel=jax.device_count())
   t_sh = sharding.param_shardings(teacher_config, mesh)
-  if teacher_format == "hf":
-    teacher_params = jax.device_put(teacher_params, t_sh)
+  if teacher_format == "hf":  # each process reads only its devices' slices, in the checkpoint's dtype
+    teacher_params, teacher_config = importers.load(teacher_dir, mesh=mesh)
   elif teacher_format == "guide_jax":
     teacher_params, _ = checkpoints.load_params(teacher_dir, t_sh, step=teacher_step)
   else:

@@ -10,7 +10,8 @@ The command-line spelling, the same on every command that takes a teacher:
     --student_params=1e9
 
 Everything not overridden is the teacher's (RoPE and its scaling, activation, norm eps, tying,
-vocabulary, dtypes). Overriding the width keeps the family's ratios unless the ratio's other
+vocabulary, the family's options) except param_dtype, float32 unless overridden (a bf16 teacher
+still gives a student trained in float32). Overriding the width keeps the family's ratios unless the ratio's other
 side is overridden too: d_model alone sets n_heads = d_model / (d_T / h_T) (the teacher's width
 per head) and mlp_dim = f_T * d_model / d_T; n_heads alone (or via d_model) sets n_kv_heads =
 n_heads / (h_T / k_T) (the teacher's query heads per kv head), when ModelConfig has kv heads.
@@ -89,7 +90,7 @@ def from_overrides(teacher: ModelConfig, overrides: Mapping) -> ModelConfig:
     if key in overrides and overrides[key] != getattr(teacher, key):
       raise ValueError(f"the student's {key} must be the teacher's ({getattr(teacher, key)}): "
                        "GUIDE's student shares the teacher's tokenizer")
-  changes = dict(overrides)
+  changes = {"param_dtype": "float32", **overrides}  # a student trains in float32 (teachers may be bf16)
   d = changes.get("d_model", teacher.d_model)
   if "d_model" in changes and "n_heads" not in changes:
     per_head = teacher.d_model / teacher.n_heads

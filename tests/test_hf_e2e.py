@@ -110,30 +110,73 @@ def run_bash(script, env, cwd=REPO):
                         capture_output=True, text=True, timeout=1200)
 
 
-@pytest.fixture(scope="module")
-def readme_run(tmp_path_factory, llama3_teacher, text):
-  work = str(tmp_path_factory.mktemp("work"))
-  env = {"TEACHER": llama3_teacher, "TEXT": text, "WORK": work, "STUDENT": "d_model=32 n_layers=1",
+def _run_readme(work, teacher, text):
+  env = {"TEACHER": teacher, "TEXT": text, "WORK": work, "STUDENT": "d_model=32 n_layers=1",
          "STEPS": "3", "BATCH_SIZE": "8", "SEQ_LEN": "16"}  # 8: conftest's 8 CPU devices
   proc = run_bash(readme_block(), env)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
   return work, proc.stdout
 
 
-def test_readme_section_llama3(readme_run, llama3_teacher):
-  work, stdout = readme_run
-  assert stdout.strip().splitlines()[-1].startswith("<|begin_of_text|>The meaning of life is")
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory, llama3_teacher, text):
+  return _run_readme(str(tmp_path_factory.mktemp("work")), llama3_teacher, text)
+
+
+@pytest.fixture(scope="module")
+def qwen3_teacher(tmp_path_factory):
+  """Qwen 3 in miniature (GQA, q/k norms, untied) with its own byte-level BPE tokenizer."""
+  path = str(tmp_path_factory.mktemp("qwen3_teacher"))
+  tok = _bpe_tokenizer_dir(path)
+  vocab = transformers.AutoTokenizer.from_pretrained(tok).vocab_size
+  config = transformers.Qwen3Config(vocab_size=vocab + 16, hidden_size=64, intermediate_size=96,
+                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                    head_dim=16, tie_word_embeddings=False, eos_token_id=0)
+  randomize(transformers.AutoModelForCausalLM.from_config(config)).save_pretrained(path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def gemma2_teacher(tmp_path_factory):
+  """Gemma 2 in miniature (GQA, sliding/global layers, soft-caps, post-norms, tied) with a
+  SentencePiece tokenizer (Llama 2's, converted by transformers) that adds BOS."""
+  if ASSETS is None:
+    pytest.skip("no MaxText tokenizer assets")
+  path = str(tmp_path_factory.mktemp("gemma2_teacher"))
+  src = str(tmp_path_factory.mktemp("sp"))
+  import shutil
+  shutil.copy(os.path.join(ASSETS, "tokenizer.llama2"), os.path.join(src, "tokenizer.model"))
+  with open(os.path.join(src, "tokenizer_config.json"), "w") as f:
+    json.dump({"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "bos_token": "<s>",
+               "eos_token": "</s>", "unk_token": "<unk>"}, f)
+  transformers.AutoTokenizer.from_pretrained(src).save_pretrained(path)
+  config = transformers.Gemma2Config(vocab_size=32000, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                     query_pre_attn_scalar=16, sliding_window=8, bos_token_id=1, eos_token_id=2,
+                                     pad_token_id=0)
+  model_ = transformers.AutoModelForCausalLM.from_config(config)
+  gen = torch.Generator().manual_seed(0)
+  with torch.no_grad():  # Gemma stores norm weights as scale - 1
+    for name, p in model_.named_parameters():
+      noise = torch.randn(p.shape, generator=gen)
+      p.copy_(noise * 0.1 if name.endswith("norm.weight") else noise / math.sqrt(p.shape[-1]))
+  model_.save_pretrained(path)
+  return path
+
+
+def _check_export(work, teacher):
+  """The exported student: the teacher's family and files; transformers' logits == guide_jax's."""
   data = prepared.load_prepared(os.path.join(work, "data"), verify=True)
-  assert data.manifest["dtype"] == "int32" and data.vocab_size == 128256
-  assert data.manifest["tokenizer"] == hf_tokenizer.fingerprint(llama3_teacher)
+  assert data.manifest["tokenizer"] == hf_tokenizer.fingerprint(teacher)
   out = os.path.join(work, "student_hf")
   hf_config = json.load(open(os.path.join(out, "config.json")))
-  assert (hf_config["model_type"], hf_config["hidden_size"], hf_config["num_hidden_layers"]) == ("llama", 32, 1)
-  assert hf_config["rope_parameters"]["rope_type"] == "llama3"
+  teacher_config = json.load(open(os.path.join(teacher, "config.json")))
+  assert hf_config["model_type"] == teacher_config["model_type"]
+  assert (hf_config["hidden_size"], hf_config["num_hidden_layers"]) == (32, 1)
   for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-    assert open(os.path.join(out, name), "rb").read() == open(os.path.join(llama3_teacher, name), "rb").read()
-  # transformers' forward of the export == guide_jax's forward of the trained run.
-  tokens = np.random.default_rng(0).integers(0, 128256, size=(2, 24))
+    assert open(os.path.join(out, name), "rb").read() == open(os.path.join(teacher, name), "rb").read()
+  V = teacher_config["vocab_size"]
+  tokens = np.random.default_rng(0).integers(0, V, size=(2, 24))
   hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
   with torch.no_grad():
     want = hf_model(torch.as_tensor(tokens)).logits.numpy()
@@ -143,6 +186,29 @@ def test_readme_section_llama3(readme_run, llama3_teacher):
   assert np.abs(want).max() > 1.0
   assert np.abs(got - want).max() / np.abs(want).max() <= RTOL
   np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+  return data, hf_config
+
+
+def test_readme_section_llama3(readme_run, llama3_teacher):
+  work, stdout = readme_run
+  assert stdout.strip().splitlines()[-1].startswith("<|begin_of_text|>The meaning of life is")
+  data, hf_config = _check_export(work, llama3_teacher)
+  assert data.manifest["dtype"] == "int32" and data.vocab_size == 128256
+  assert hf_config["rope_parameters"]["rope_type"] == "llama3"
+  assert hf_config["num_key_value_heads"] == 1  # the teacher's 2 query heads per kv head kept
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma2"])
+def test_readme_section_other_families(family, request, text, tmp_path):
+  teacher = request.getfixturevalue(f"{family}_teacher")
+  work, stdout = _run_readme(str(tmp_path / "work"), teacher, text)
+  assert "The meaning of life is" in stdout  # generate()d text, decoded by its tokenizer
+  data, hf_config = _check_export(work, teacher)
+  if family == "gemma2":
+    assert hf_config["layer_types"] == ["sliding_attention"] and hf_config["final_logit_softcapping"] == 30.0
+    assert data.manifest["tokenizer"]["bos_id"] == 1
+  else:
+    assert data.manifest["tokenizer"]["bos_id"] is None and hf_config["tie_word_embeddings"] is False
 
 
 def test_prepared_ids_are_transformers_tokenization(readme_run, llama3_teacher, text):
