@@ -21,7 +21,7 @@ import gin
 import numpy as np
 import tqdm
 
-from guide_jax import gin_utils, metrics
+from guide_jax import cli, gin_utils, metrics
 from guide_jax.config import ModelConfig
 from guide_jax.data import atomic
 
@@ -299,7 +299,7 @@ def main(argv):
 def run():
   if "dry_run" not in flags.FLAGS:
     flags.DEFINE_bool("dry_run", False, "print the train commands instead of running them.")
-  app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))
+  app.run(lambda argv: cli.exit_on_error("guide_jax.sweep", main, argv), argv=gin_utils.rewrite_gin_args(sys.argv))
 
 
 if __name__ == "__main__":
