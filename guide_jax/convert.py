@@ -3,21 +3,31 @@ r"""Build a GUIDE-initialized student checkpoint from a teacher checkpoint, offl
   python -m guide_jax.convert --teacher_dir=runs/teacher --student_gin=gin/models/tiny_student.gin \
       --output_dir=runs/student_init [--format=guide_jax|t5x] [--blocks=first] [--other_blocks=...] \
       [--layer_selection=first_n] [--center] [--seed=0] [--gin.VOCAB_SIZE=2048] [--overwrite]
+  python -m guide_jax.convert --teacher_dir=hf/Llama-3.2-1B --teacher_format=hf \
+      --student='d_model=1024 n_layers=8' --output_dir=runs/student_init [--format=hf --hf_dtype=bfloat16]
 
 Teacher: any guide_jax.teachers source, its format detected (or --teacher_format): a guide_jax run
-directory (its ModelConfig is read from the checkpoint), or a t5x checkpoint (<dir>/checkpoint_<step>,
+directory (its ModelConfig is read from the checkpoint), a t5x checkpoint (<dir>/checkpoint_<step>,
 or the model dir for its latest step; legacy msgpack checkpoints need t5x importable) whose shape is
 given by --teacher_gin (a gin file defining MODEL = @config.ModelConfig(), like gin/t5x/teacher.gin)
-and --teacher_gin_bindings. teachers.load restores it in shards onto a mesh over all devices and the
+and --teacher_gin_bindings, or a Hugging Face model directory (config.json + safetensors,
+guide_jax.importers). teachers.load restores it in shards onto a mesh over all devices and the
 compiled guide_init maps it: no device or host holds more than its shards of it.
 Student: --student_gin (same kind of gin file) plus --gin.KEY=VALUE bindings; VOCAB_SIZE defaults
 to the teacher's vocabulary size, and a VOCAB_SIZE binding is applied to a t5x teacher's gin too.
+Or, with no gin file, --student='FIELD=VALUE ...' (overrides of the teacher's own ModelConfig) or
+--student_params=N (a budget) name the student in the teacher's family (guide_jax.student_shape).
 Output (--format):
   guide_jax: <output_dir>/checkpoints/0/{params, meta}: a params-only guide_jax checkpoint; start a
              run from it with --gin_file=gin/init_params.gin --gin.INIT_PARAMS_DIR="'<output_dir>'"
-             (starts.params: the run's own optimizer starts fresh).
+             (starts.params: the run's own optimizer starts fresh). It also gets
+             <output_dir>/model.gin (MODEL = the student's ModelConfig) for train's --gin_file, so a
+             student named by --student needs no hand-written gin.
   t5x:       <output_dir>/checkpoint_0/state/ (guide_jax.t5x_compat.write_t5x_checkpoint).
-  Both also get <output_dir>/guide_info.json (configs, options, explained variance).
+  hf:        a Hugging Face model of the (hf) teacher's family (guide_jax.hf_export.write_hf):
+             config.json, safetensors (--hf_dtype), the teacher's tokenizer and generation config.
+  All also get <output_dir>/guide_info.json (configs, options, explained variance; for an hf
+  teacher its tokenizer's fingerprint, which train checks the data against).
 Every check (flags, output free unless --overwrite, teacher present and complete and matching its
 config, student config valid and no larger than the teacher) runs before any compute or write. The
 output is built in a temporary sibling directory and moved into place when complete.
@@ -34,12 +44,13 @@ from typing import Optional
 from absl import app, flags, logging
 import jax
 
-from guide_jax import checkpoints, cli, fileio, gin_utils, sharding, t5x_compat, teachers
+from guide_jax import checkpoints, cli, fileio, gin_utils, sharding, student_shape, t5x_compat, teachers
 from guide_jax.config import BLOCKS, LAYER_SELECTIONS, OTHER_BLOCKS, GuideConfig, ModelConfig
 from guide_jax.transforms import guide_init
 
-FORMATS = ("guide_jax", "t5x")
+FORMATS = ("guide_jax", "t5x", "hf")
 INFO_FILE = "guide_info.json"
+MODEL_GIN = "model.gin"
 
 
 def define_flags() -> None:
@@ -54,13 +65,16 @@ def define_flags() -> None:
     else:
       getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
 
-  define("string", "teacher_dir", None, "Teacher: guide_jax run dir, or t5x checkpoint (--teacher_format=t5x).")
+  define("string", "teacher_dir", None, "Teacher: guide_jax run dir, t5x checkpoint or Hugging Face model dir.")
   define("enum", "teacher_format", None, "Teacher checkpoint format (default: detected from the path).",
          enum_values=list(teachers.FORMATS))
   define("string", "teacher_gin", None, "t5x teacher only: gin file defining MODEL = @ModelConfig().")
   define("multi_string", "teacher_gin_bindings", [], "t5x teacher only: gin bindings for --teacher_gin.")
   define("integer", "teacher_step", None, "guide_jax teacher: checkpoint step (default: latest).")
   define("string", "student_gin", None, "Student gin file defining MODEL = @ModelConfig().")
+  define("string", "student", None, "Student as overrides of the teacher's config: 'd_model=1024 n_layers=12'.")
+  define("float", "student_params", None, "Student by parameter budget in the teacher's family (e.g. 1e9).")
+  define("enum", "hf_dtype", "bfloat16", "--format=hf: safetensors dtype.", enum_values=["bfloat16", "float32"])
   define("string", "output_dir", None, "Where to write the student checkpoint.")
   define("enum", "format", "guide_jax", "Output checkpoint format.", enum_values=list(FORMATS))
   defaults = GuideConfig()
@@ -81,6 +95,8 @@ _VOCAB_BINDING = re.compile(r"^\s*VOCAB_SIZE\s*=")
 
 
 def _output_entries(output_format: str, step: int = 0):
+  if output_format == "hf":
+    return ["config.json", INFO_FILE]
   return ["checkpoints" if output_format == "guide_jax" else f"checkpoint_{step}", INFO_FILE]
 
 
@@ -120,14 +136,17 @@ def _move_into_place(tmp: str, output_dir: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
+def convert(teacher_dir: str, student_config, output_dir: str, *,
             guide: GuideConfig = GuideConfig(), output_format: str = "guide_jax",
             teacher_format: Optional[str] = None, teacher_config: Optional[ModelConfig] = None,
-            teacher_step: Optional[int] = None, overwrite: bool = False) -> dict:
+            teacher_step: Optional[int] = None, overwrite: bool = False,
+            hf_dtype: str = "bfloat16") -> dict:
   """Teacher checkpoint -> GUIDE student checkpoint in output_dir. Returns the guide_info dict.
 
-  teacher_format: a guide_jax.teachers format ('guide_jax', 't5x'), or None to detect it.
-  teacher_config: required for a t5x teacher (a guide_jax checkpoint carries its own).
+  student_config: a ModelConfig, or a function of the teacher's ModelConfig giving one
+  (student_shape.resolve). teacher_format: a guide_jax.teachers format ('guide_jax', 't5x', 'hf'),
+  or None to detect it. teacher_config: required for a t5x teacher (a guide_jax checkpoint and a
+  Hugging Face directory carry their own).
   Raises ValueError (checkpoints.CheckpointError / t5x_compat.T5xCheckpointError are ValueErrors)
   naming the problem: the paths and the teacher's metadata are checked before any array is read,
   the student's dimensions (by guide_init) before any compute, everything before any write.
@@ -136,11 +155,8 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
   # 1. Arguments and paths.
   if output_format not in FORMATS:
     raise ValueError(f"--format must be one of {FORMATS}, got {output_format!r}")
-  if not isinstance(guide, GuideConfig) or not isinstance(student_config, ModelConfig):
+  if not isinstance(guide, GuideConfig) or not (isinstance(student_config, ModelConfig) or callable(student_config)):
     raise ValueError("convert needs a GuideConfig and a student ModelConfig")
-  if output_format == "t5x" and student_config.t5x_incompatibilities():
-    raise ValueError("--format=t5x: t5x's decoder-only network has no "
-                     + ", ".join(student_config.t5x_incompatibilities()) + " (the student's ModelConfig)")
   for name, value in (("teacher_dir", teacher_dir), ("output_dir", output_dir)):
     if not value:
       raise ValueError(f"--{name} is required")
@@ -152,11 +168,30 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
   except fileio.OutputLocationError as e:
     raise ValueError(str(e)) from e
   source = teachers.Source(teacher_dir, format=teacher_format, config=teacher_config, step=teacher_step)
+  found = teachers.describe(source)  # metadata only: present, complete, fitting its config
+  if output_format == "hf" and found.format != "hf":
+    raise ValueError("--format=hf writes a model of the teacher's Hugging Face family: it needs a Hugging "
+                     "Face teacher directory")
+  if not isinstance(student_config, ModelConfig):
+    student_config = student_config(found.config)
+  if student_config.vocab_size != found.config.vocab_size:
+    raise ValueError(f"teacher/student vocab mismatch: teacher vocab_size {found.config.vocab_size} != "
+                     f"student {student_config.vocab_size} ({found.where})")
+  tokenizer = None
+  if found.format == "hf":
+    from guide_jax import hf_export  # pylint: disable=g-import-not-at-top
+    from guide_jax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+    tokenizer = hf_tokenizer.fingerprint(teacher_dir)  # the data must be tokenized by this
+    if output_format == "hf":
+      with open(os.path.join(teacher_dir, "config.json")) as f:
+        hf_export.check_representable(student_config, json.load(f).get("model_type"))
+  if output_format == "t5x" and student_config.t5x_incompatibilities():
+    raise ValueError("--format=t5x: t5x's decoder-only network has no "
+                     + ", ".join(student_config.t5x_incompatibilities()) + " (the student's ModelConfig)")
 
   # 2. The teacher, read in shards onto a mesh over all devices (teachers.load: every check of its
   #    metadata first, the finiteness pass after), then GUIDE compiled on the same mesh.
   mesh = sharding.make_mesh(model_parallel=jax.device_count())
-  found = teachers.describe(source, vocab_size=student_config.vocab_size)
   logging.info("teacher %s: %s", found.where, found.config)
   logging.info("student: %s", student_config)
   teacher_params, teacher_config = teachers.load(source, mesh, vocab_size=student_config.vocab_size)
@@ -166,6 +201,8 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
                 "guide": dataclasses.asdict(guide), "teacher": found.where, "teacher_format": found.format,
                 "format": output_format, "teacher_config": dataclasses.asdict(teacher_config),
                 "student_config": dataclasses.asdict(student_config)}
+  if tokenizer is not None:
+    guide_info["tokenizer"] = tokenizer
   logging.info("GUIDE: explained variance %.4f, teacher layers %s", info.explained_variance,
                list(info.teacher_layers))
 
@@ -184,6 +221,11 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
     guide_info["output_dir"] = output_dir
     return guide_info
   output_dir = os.path.abspath(output_dir)
+  if output_format == "hf":
+    hf_export.write_hf(params, student_config, teacher_dir, output_dir, dtype=hf_dtype, overwrite=overwrite,
+                       extra_files={INFO_FILE: guide_info})
+    guide_info["output_dir"] = output_dir
+    return guide_info
   parent = os.path.dirname(output_dir)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.tmp-", dir=parent)
@@ -195,8 +237,10 @@ def convert(teacher_dir: str, student_config: ModelConfig, output_dir: str, *,
       mngr = checkpoints.manager(tmp, keep=1, params_only=True)
       checkpoints.save(mngr, 0, params, None, student_config, force=True,
                        extra={"init": "guide", "explained_variance": info.explained_variance,
-                              "teacher": found.where})
+                              "teacher": found.where, **({"tokenizer": tokenizer} if tokenizer else {})})
       mngr.close()
+      with open(os.path.join(tmp, MODEL_GIN), "w") as f:
+        f.write(student_shape.to_gin(student_config, f"the GUIDE student of {found.where}"))
     else:
       t5x_compat.write_t5x_checkpoint(tmp, params, student_config, step=0)
     fileio.atomic_write_json(os.path.join(tmp, INFO_FILE), guide_info)
@@ -212,8 +256,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   try:
-    if not f.student_gin:
-      raise ValueError("--student_gin is required")
+    named = [name for name in ("student_gin", "student", "student_params") if f[name].value is not None]
+    if len(named) != 1:
+      raise ValueError("name the student with exactly one of --student_gin, --student, --student_params"
+                       + (f" (got {', '.join('--' + n for n in named)})" if named else ""))
     guide = GuideConfig(**{field.name: getattr(f, field.name) for field in dataclasses.fields(GuideConfig)})
     teacher_config, vocab = None, [b for b in f.gin_bindings if _VOCAB_BINDING.match(b)]
     if f.teacher_gin:
@@ -222,12 +268,21 @@ def main(argv):
       raise ValueError("--teacher_gin_bindings needs --teacher_gin")
     source = teachers.Source(f.teacher_dir, format=f.teacher_format, config=teacher_config,
                              step=f.teacher_step) if f.teacher_dir else None
-    # VOCAB_SIZE defaults to the teacher's; model gins read it as a macro.
-    vocab_size = teachers.describe(source).config.vocab_size if source else 0
-    student_config = gin_utils.model_from_gin(f.student_gin, [f"VOCAB_SIZE = {vocab_size}", *f.gin_bindings])
+    if f.student_gin:
+      # VOCAB_SIZE defaults to the teacher's; model gins read it as a macro.
+      vocab_size = teachers.describe(source).config.vocab_size if source else 0
+      student_config = gin_utils.model_from_gin(f.student_gin, [f"VOCAB_SIZE = {vocab_size}", *f.gin_bindings])
+    else:
+      if f.gin_bindings:
+        raise ValueError("--gin.* bindings go with --student_gin; put student fields in --student")
+
+      def student_config(teacher):
+        student = student_shape.resolve(teacher, f.student, f.student_params)
+        print(f"student: {student_shape.describe(student, teacher)}", flush=True)
+        return student
     info = convert(f.teacher_dir, student_config, f.output_dir, guide=guide, output_format=f.format,
                    teacher_format=f.teacher_format, teacher_config=teacher_config,
-                   teacher_step=f.teacher_step, overwrite=f.overwrite)
+                   teacher_step=f.teacher_step, overwrite=f.overwrite, hf_dtype=f.hf_dtype)
   except ValueError as e:
     sys.exit(f"guide_jax.convert: error: {e}")
   print(f"explained variance: {info['explained_variance']:.6f}")

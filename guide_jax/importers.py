@@ -444,20 +444,10 @@ def _build(file: str, name: str, transposed: bool, dtype, shape, sharding):
   return jax.make_array_from_callback(tuple(shape), sharding, callback)
 
 
-def load(path_or_dir, *, mesh=None, tied_mode: str = "keep", check_finite: bool = True
-         ) -> Tuple[Params, ModelConfig]:
-  """Hugging Face checkpoint -> (params {'decoder': ...}, ModelConfig), the family from model_type.
-
-  mesh: None -> numpy arrays; a Mesh -> jax.Arrays placed on sharding.param_shardings(config, mesh),
-    each process reading only its devices' slices. Arrays keep the checkpoint's dtype
-    (ModelConfig.param_dtype; a tensor stored in another float dtype than the embedding is cast to it).
-  tied_mode (tied checkpoints only): 'keep' the output layer tied (y E^T), or 'untie' it (E^T
-    copied into logits_dense).
-  check_finite: the teacher's one finiteness pass (every leaf isfinite, on device), here where it
-    is loaded; the transforms do not repeat it.
-  Everything that can be checked from config.json and the safetensors headers is checked first.
-  """
-  from guide_jax import model, sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+def _plan(path_or_dir, tied_mode: str = "keep"):
+  """Everything load() decides from config.json and the safetensors headers (no tensor read):
+  (root, ModelConfig, layout {param path: (tensor name, transposed)}, shapes, headers)."""
+  from guide_jax import model  # pylint: disable=g-import-not-at-top
   from guide_jax.transforms import validate  # pylint: disable=g-import-not-at-top
   if tied_mode not in TIED_MODES:
     raise ValueError(f"tied_mode must be one of {TIED_MODES}, got {tied_mode!r}")
@@ -486,6 +476,31 @@ def load(path_or_dir, *, mesh=None, tied_mode: str = "keep", check_finite: bool 
     config = config.replace(tie_embeddings=False)
     layout[("logits_dense", "kernel")] = ("model.embed_tokens.weight", True)
     shapes[("logits_dense", "kernel")] = shapes[("token_embedder", "embedding")][::-1]
+  return root, config, layout, shapes, headers
+
+
+def describe(path_or_dir) -> ModelConfig:
+  """The ModelConfig load() gives (tied as transformers 5.x decides), from metadata only: every
+  check load() makes before reading a tensor."""
+  return _plan(path_or_dir)[1]
+
+
+def load(path_or_dir, *, mesh=None, tied_mode: str = "keep", check_finite: bool = True
+         ) -> Tuple[Params, ModelConfig]:
+  """Hugging Face checkpoint -> (params {'decoder': ...}, ModelConfig), the family from model_type.
+
+  mesh: None -> numpy arrays; a Mesh -> jax.Arrays placed on sharding.param_shardings(config, mesh),
+    each process reading only its devices' slices. Arrays keep the checkpoint's dtype
+    (ModelConfig.param_dtype; a tensor stored in another float dtype than the embedding is cast to it).
+  tied_mode (tied checkpoints only): 'keep' the output layer tied (y E^T), or 'untie' it (E^T
+    copied into logits_dense).
+  check_finite: the teacher's one finiteness pass (every leaf isfinite, on device), here where it
+    is loaded; the transforms do not repeat it.
+  Everything that can be checked from config.json and the safetensors headers is checked first.
+  """
+  from guide_jax import model, sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from guide_jax.transforms import validate  # pylint: disable=g-import-not-at-top
+  root, config, layout, shapes, headers = _plan(path_or_dir, tied_mode)
   dtype = np.dtype(model._dtype(config.param_dtype))
   target = None
   if mesh is not None:

@@ -7,6 +7,8 @@ not carry itself (a t5x checkpoint's ModelConfig, a step). Formats, in FORMATS:
   t5x        a t5x decoder-only checkpoint (<dir>/checkpoint_<step>/state/, or the model dir for
              its latest step; legacy msgpack + tensorstore through t5x's own loader when t5x is
              importable); Source.config gives its shape (e.g. from gin/t5x/teacher.gin).
+  hf         a Hugging Face model directory (config.json + safetensors; guide_jax.importers: the
+             families of its module docstring), read in shards in its own dtype.
 Adding a format is one Format (detect, describe, read) and one entry in FORMATS; train (starts and
 KD), guide_jax.convert and the t5x restore-time function all read teachers through load().
 
@@ -109,10 +111,33 @@ def _t5x_read(found, config: ModelConfig, mesh: Optional[Mesh]):
   return checkpoint_io.read_t5x_params(found, config, mesh)
 
 
+# -------------------------------------------------------------------------------- Hugging Face
+def _hf_detect(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, "config.json")) and any(
+      n.endswith(".safetensors") for n in os.listdir(path))
+
+
+def _hf_describe(source: Source):
+  from guide_jax import importers  # pylint: disable=g-import-not-at-top (safetensors)
+  if source.config is not None or source.step is not None:
+    raise ValueError(f"a Hugging Face teacher ({source.path}) carries its config and has no step: give "
+                     "neither a config nor a step")
+  return importers.describe(source.path), os.path.abspath(source.path), source.path
+
+
+def _hf_read(path, config: ModelConfig, mesh: Optional[Mesh]):
+  from guide_jax import importers  # pylint: disable=g-import-not-at-top
+  params, read_config = importers.load(path, mesh=mesh, check_finite=False)  # load() checks once, below
+  if read_config != config:
+    raise ValueError(f"{path} changed while it was read: {read_config} != {config}")
+  return params
+
+
 # Detection tries these in order; a named Source.format skips detection.
 FORMATS = {
     "guide_jax": Format(_guide_jax_detect, _guide_jax_describe, _guide_jax_read),
     "t5x": Format(_t5x_detect, _t5x_describe, _t5x_read),
+    "hf": Format(_hf_detect, _hf_describe, _hf_read),
 }
 
 
@@ -137,7 +162,8 @@ def describe(source: Union[str, Source], *, vocab_size: Optional[int] = None) ->
     name = next((n for n, f in FORMATS.items() if f.detect(source.path)), None)
     if name is None:
       raise ValueError(f"{source.path!r} is no teacher checkpoint of a known format {tuple(FORMATS)} "
-                       "(guide_jax: <dir>/checkpoints/<step>/; t5x: <dir>/checkpoint_<step>/)")
+                       "(guide_jax: <dir>/checkpoints/<step>/; t5x: <dir>/checkpoint_<step>/; hf: config.json + "
+                       "*.safetensors)")
   config, where, handle = FORMATS[name].describe(source)
   if vocab_size is not None and config.vocab_size != vocab_size:
     raise ValueError(f"teacher/student vocab mismatch: teacher vocab_size {config.vocab_size} != "

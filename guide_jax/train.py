@@ -85,6 +85,24 @@ def check_run_args(model: ModelConfig, optimizer, train_steps: int, start, teach
   starts.describe(start)  # made by a starts factory
 
 
+def check_data_tokenizer(tokens, sources) -> None:
+  """Refuse data made with another tokenizer than the one a start/teacher checkpoint records.
+
+  sources: run dirs (None skipped) whose checkpoint meta may hold "tokenizer" (convert from a
+  Hugging Face teacher writes it; a run trained on --tokenizer data carries its data's).
+  """
+  from guide_jax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+
+  for source in filter(None, sources):
+    try:
+      expected = checkpoints.read_meta(source).get("tokenizer")
+    except checkpoints.CheckpointError:  # not a guide_jax run (a t5x / HF teacher): teachers.load checks it
+      continue
+    if expected:
+      hf_tokenizer.check_same(tokens.manifest.get("tokenizer"), expected, f"data {tokens.path}",
+                              f"{source}")
+
+
 class TrainState(NamedTuple):
   """What the loop updates (flax lm1b's TrainState): the step reached, params, optimizer state."""
   step: int
@@ -185,6 +203,11 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   if tokens.vocab_size != model.vocab_size:
     raise ValueError(f"model vocab_size {model.vocab_size} != the data's vocabulary size {tokens.vocab_size} "
                      f"({data_dir}); bind VOCAB_SIZE = {tokens.vocab_size}")
+  start_source = start.keywords.get("model_dir") or starts.teacher_of(start)
+  check_data_tokenizer(tokens, [s for s in (start_source, teacher.teacher_dir if teacher.kd_alpha > 0 else None)
+                                if isinstance(s, str)])
+  if tokens.manifest.get("tokenizer"):
+    run_meta["tokenizer"] = tokens.manifest["tokenizer"]  # checkpoints record it (export checks it)
   for split, stream in (("train", tokens.train), ("validation", tokens.validation)):
     if stream.size < data.seq_len + 1:
       raise ValueError(f"{data_dir} {split} has {stream.size} tokens, fewer than one row of {data.seq_len + 1}")

@@ -19,7 +19,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   exit 1
 fi
 start=$SECONDS
-if ! "$VENV/bin/python" -c "import torch, transformers" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import torch, transformers, tiktoken" >/dev/null 2>&1; then
   "$VENV/bin/pip" install -q "$TORCH"
   "$VENV/bin/pip" install -q -e "${REPO}[hf]" "$TRANSFORMERS"
 fi

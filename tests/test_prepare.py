@@ -284,3 +284,28 @@ def test_train_and_resume_from_prepared_data_without_tensorflow(user_task, tmp_p
   _run_blocked(args + ["--gin.TRAIN_STEPS=8"], tmp_path)
   results = json.load(open(model_dir / "results.json"))
   assert results["finished"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/work/shared/thirdparty/maxtext/src/maxtext/assets/tokenizers")
+                    and not os.path.isdir(os.path.join(REPO, "..", "shared", "thirdparty")),
+                    reason="no MaxText tokenizer assets")
+def test_prepare_seqio_task_text_with_a_teacher_tokenizer(user_task, tmp_path):
+  """--tokenizer with --task: the task source's raw "text" field, tokenized by Llama 2's
+  SentencePiece model (BOS + line + EOS), not by the task's own vocabulary."""
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  assets = next(p for p in (os.path.join(REPO, "..", "shared", "thirdparty", "maxtext", "src", "maxtext",
+                                         "assets", "tokenizers"),
+                            "/work/shared/thirdparty/maxtext/src/maxtext/assets/tokenizers") if os.path.isdir(p))
+  tokenizer = os.path.join(assets, "tokenizer.llama2")
+  out = str(tmp_path / "prepared")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([user_task["module_dir"], REPO]))
+  proc = subprocess.run(
+      [sys.executable, "-m", "guide_jax.data.prepare", f"--tokenizer={tokenizer}", f"--task_module={USER_MODULE}",
+       f"--task={USER_TASK}", "--validation_split=dev", f"--output_dir={out}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  data = prepared.load_prepared(out, verify=True)
+  assert data.manifest["source"]["task"] == USER_TASK and data.vocab_size == 32000
+  sp = spm.SentencePieceProcessor(model_file=tokenizer)
+  want = np.concatenate([[1] + sp.encode(line) + [2] for line in user_task["lines"]["validation"]])
+  np.testing.assert_array_equal(np.asarray(data.validation), want)

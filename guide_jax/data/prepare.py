@@ -3,6 +3,14 @@
     python -m guide_jax.data.prepare --corpus=shakespeare [--vocab_size=8000] [--cache_dir=cache]
     python -m guide_jax.data.prepare --task_module=my.tasks --task=my_task --output_dir=DIR
         [--train_split=train] [--validation_split=validation]
+    python -m guide_jax.data.prepare --tokenizer=TEACHER_DIR --input='text/*.jsonl' --output_dir=DIR
+        [--text_field=text] [--validation_input=GLOB | --validation_every=100] [--eos_token=TOKEN]
+        (or --tokenizer with --corpus / --task: their text, tokenized by the teacher's tokenizer)
+
+With --tokenizer (a Hugging Face model directory, a tokenizer.json or a SentencePiece .model)
+the documents are tokenized by that tokenizer, as its family pretrains (guide_jax.data.tokenize_text,
+guide_jax.data.hf_tokenizer); the manifest records its fingerprint so that training can refuse
+data made with another tokenizer than the teacher's.
 
 A built-in corpus goes to prepared_dir_for(corpus, cache_dir, vocab_size) unless
 --output_dir is given. A seqio task or mixture (after importing each --task_module, as
@@ -83,10 +91,12 @@ def write_split(docs: Iterable[np.ndarray], out_dir: str, split: str, vocab_size
 
 def write_prepared(output_dir: str, source: dict, vocab_model: bytes, vocab_size: int,
                    eos_id: int, split_docs: dict[str, tuple[str, Iterable[np.ndarray]]],
-                   shard_tokens: int = SHARD_TOKENS) -> dict:
+                   shard_tokens: int = SHARD_TOKENS, vocab_file: str = prepared.VOCAB_FILE,
+                   extra: dict | None = None) -> dict:
   """Writes a complete prepared-data directory atomically; returns its manifest.
 
   split_docs: {"train"|"validation": (source split name, iterable of 1-D id arrays)}.
+  vocab_file: the name vocab_model is stored under; extra: more manifest keys (e.g. "tokenizer").
   Raises FileExistsError if output_dir exists (checked first and again at the rename).
   """
   if sorted(split_docs) != sorted(prepared.SPLITS):
@@ -94,7 +104,7 @@ def write_prepared(output_dir: str, source: dict, vocab_model: bytes, vocab_size
   if os.path.exists(output_dir):
     raise FileExistsError(f"{output_dir} already exists")
   with fileio.atomic_directory(output_dir) as tmp:
-    vocab_path = os.path.join(tmp, prepared.VOCAB_FILE)
+    vocab_path = os.path.join(tmp, vocab_file)
     with open(vocab_path, "wb") as f:
       f.write(vocab_model)
     splits = {}
@@ -107,8 +117,8 @@ def write_prepared(output_dir: str, source: dict, vocab_model: bytes, vocab_size
     manifest = {"format_version": prepared.FORMAT_VERSION, "source": source,
                 "vocab_size": int(vocab_size), "dtype": prepared.shard_dtype(vocab_size).name,
                 "eos_id": int(eos_id),
-                "vocab": {"file": prepared.VOCAB_FILE, "sha256": fileio.sha256_file(vocab_path)},
-                "splits": splits}
+                "vocab": {"file": vocab_file, "sha256": fileio.sha256_file(vocab_path)},
+                "splits": splits, **(extra or {})}
     prepared.check_manifest(manifest)
     fileio.atomic_write_json(os.path.join(tmp, prepared.MANIFEST), manifest)
   return manifest
@@ -283,12 +293,36 @@ def _define_flags() -> None:
   flags.DEFINE_string("train_split", "train", "the task's split stored as 'train'")
   flags.DEFINE_string("validation_split", "validation", "the task's split stored as 'validation'")
   flags.DEFINE_integer("max_train_tokens", None, "keep the first whole training documents up to this many tokens")
+  flags.DEFINE_string("tokenizer", None, "tokenize with this (the teacher's) tokenizer: a Hugging Face "
+                      "model dir, tokenizer.json or SentencePiece .model (needs --output_dir)")
+  flags.DEFINE_multi_string("input", [], "with --tokenizer: text files / globs (.jsonl: one JSON object a line)")
+  flags.DEFINE_multi_string("validation_input", [], "with --input: validation files / globs")
+  flags.DEFINE_string("text_field", "text", "with --tokenizer: the JSONL / seqio source field holding the text")
+  flags.DEFINE_integer("validation_every", 100, "with --input and no --validation_input: every n-th document validates")
+  flags.DEFINE_string("eos_token", None, "with --tokenizer: the token ending a document (default: tokenizer_config.json's)")
 
 
 def run(corpus: str | None, task: str | None, task_modules: list[str], output_dir: str | None,
         cache_dir: str, vocab_size: int, train_split: str, validation_split: str,
-        max_train_tokens: int | None = None) -> str:
-  """The command's work, from flag values; returns the prepared directory."""
+        max_train_tokens: int | None = None, tokenizer: str | None = None,
+        text: dict | None = None) -> str:
+  """The command's work, from flag values; returns the prepared directory.
+
+  tokenizer, text: --tokenizer and tokenize_text.prepare_text's other arguments (inputs,
+  validation_inputs, text_field, validation_every, eos_token, vocab_size).
+  """
+  text = dict(text or {})
+  if tokenizer is not None:
+    if not output_dir:
+      raise ValueError("--tokenizer needs --output_dir")
+    from guide_jax.data import tokenize_text  # pylint: disable=g-import-not-at-top
+
+    tokenize_text.prepare_text(output_dir, tokenizer, corpus=corpus, task=task, task_modules=task_modules,
+                               train_split=train_split, validation_split=validation_split,
+                               cache_dir=cache_dir, max_train_tokens=max_train_tokens, **text)
+    return output_dir
+  if text.get("inputs") or text.get("validation_inputs"):
+    raise ValueError("--input / --validation_input need --tokenizer (the teacher's tokenizer)")
   if (corpus is None) == (task is None):
     raise ValueError("give exactly one of --corpus or --task")
   if corpus is not None:
@@ -310,7 +344,10 @@ def main(argv) -> None:
   f = flags.FLAGS
   try:
     path = run(f.corpus, f.task, f.task_module, f.output_dir, f.cache_dir, f.vocab_size,
-               f.train_split, f.validation_split, f.max_train_tokens)
+               f.train_split, f.validation_split, f.max_train_tokens, f.tokenizer,
+               dict(inputs=f.input, validation_inputs=f.validation_input, text_field=f.text_field,
+                    validation_every=f.validation_every, eos_token=f.eos_token,
+                    vocab_size=f.vocab_size if f["vocab_size"].present else None))
   except (ValueError, FileExistsError) as e:  # bad input: one clear line, no traceback
     sys.exit(f"guide_jax.data.prepare: error: {e}")
   manifest = prepared.read_manifest(path)
