@@ -480,28 +480,66 @@ def evaluate_run(model_dir: str, tasks: Sequence[str] = tuple(TASKS), *, cache_d
   return result
 
 
-PRIMARY = (("acc", "acc"), ("acc_norm", "acc_norm"), ("bits_per_byte", "bpb"), ("perplexity", "ppl"))
+TABLE_METRICS = ("acc", "acc_norm", "chance", "perplexity", "bits_per_byte")
 
 
 def markdown_table(results: Dict[str, dict]) -> str:
-  """One row per evaluated model, one column per task metric (acc in %, chance in the header)."""
-  tasks = sorted({t for r in results.values() for t in r["tasks"]})
-  columns, header = [], []
-  for t in tasks:
-    sample = next(r["tasks"][t] for r in results.values() if t in r["tasks"])
-    for key, short in PRIMARY:
-      if key in sample:
-        columns.append((t, key))
-        chance = f", chance {100 * sample['chance']:.1f}" if key.startswith("acc") and "chance" in sample else ""
-        header.append(f"{t} {short}{chance}")
-  lines = ["| model | " + " | ".join(header) + " |", "|---|" + "---|" * len(columns)]
+  """One row per (model, task): documents, acc / acc_norm / chance in %, perplexity, bits per byte."""
+  lines = ["| model | task | docs | acc | acc_norm | chance | perplexity | bits per byte |",
+           "|---|---|---|---|---|---|---|---|"]
   for name, r in results.items():
-    cells = []
-    for t, key in columns:
-      value = r["tasks"].get(t, {}).get(key)
-      cells.append("" if value is None else (f"{100 * value:.1f}" if key.startswith("acc") else f"{value:.3f}"))
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for task, m in sorted(r["tasks"].items()):
+      cells = []
+      for key in TABLE_METRICS:
+        value = m.get(key)
+        if value is None:
+          cells.append("")
+        elif key.startswith("acc"):
+          cells.append(f"{100 * value:.1f} ± {100 * m[key + '_stderr']:.1f}")
+        elif key == "chance":
+          cells.append(f"{100 * value:.1f}")
+        else:
+          cells.append(f"{value:.4g}")
+      lines.append(f"| {name} | {task} | {m['docs']} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- sweep columns
+
+SWEEP_LIMIT = 300  # documents per task in sweep tables: a CPU-sized subset (None: the full sets)
+
+
+def columns(task_results: Dict[str, dict]) -> Dict[str, float]:
+  """One number per task for a results table: '<task> bpb' for one-request (LAMBADA-like) tasks,
+  '<task> acc' for multiple choice (acc_norm and the rest stay in downstream.json)."""
+  return {f"{name} bpb" if "bits_per_byte" in m else f"{name} acc": m.get("bits_per_byte", m["acc"])
+          for name, m in sorted(task_results.items())}
+
+
+def format_column(name: str, value: Optional[float]) -> str:
+  if value is None or not np.isfinite(value):
+    return ""
+  return f"{value:.3f}" if name.endswith("bpb") else f"{100 * value:.1f} %"
+
+
+def run_columns(run_dir: str, tasks: Sequence[str], limit: Optional[int] = SWEEP_LIMIT) -> Dict[str, float]:
+  """columns() of a finished run, evaluated once by `python -m guide_jax.evaluate` in a subprocess
+  (its log in run_dir/downstream.log) into run_dir/downstream.json, reused while tasks and limit match."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  out = os.path.join(run_dir, "downstream.json")
+  if os.path.exists(out):
+    with open(out) as f:
+      cached = json.load(f)
+    if cached.get("limit") == limit and set(tasks) <= set(cached.get("tasks", {})):
+      return columns({t: cached["tasks"][t] for t in tasks})
+  cmd = [sys.executable, "-m", "guide_jax.evaluate", "--prepare", f"--model_dir={run_dir}",
+         f"--tasks={','.join(tasks)}", f"--output={out}"] + ([f"--limit={limit}"] if limit else [])
+  with open(os.path.join(run_dir, "downstream.log"), "w") as log:
+    proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+  if proc.returncode != 0:
+    raise RuntimeError(f"downstream evaluation of {run_dir} failed (see {run_dir}/downstream.log)")
+  with open(out) as f:
+    return columns(json.load(f)["tasks"])
 
 
 # ----------------------------------------------------------------------------- command line

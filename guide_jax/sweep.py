@@ -21,7 +21,7 @@ import gin
 import numpy as np
 import tqdm
 
-from guide_jax import gin_utils, metrics
+from guide_jax import evaluate, gin_utils, metrics
 from guide_jax.config import ModelConfig
 from guide_jax.data import atomic
 
@@ -145,11 +145,18 @@ def summarize(teacher: dict, arm_results: Dict[str, List[dict]], baseline: str) 
                  "gap_reduction_std": float(np.std(gaps)) if gaps else float("nan"),
                  "gap_reduction_per_seed": gaps, "tokens_seen": runs[0]["tokens_seen"],
                  "step0_ppl": float(np.mean(step0)) if step0 else None,
-                 "train_flops": train_flops(runs[0], teacher)})
+                 "train_flops": train_flops(runs[0], teacher), "downstream": _mean_columns(runs)})
   base_ppl = float(np.mean(list(base_by_seed.values())))
   return {"teacher_ppl": teacher_ppl, "baseline": baseline, "baseline_ppl": base_ppl,
           "teacher_below_baseline": (base_ppl - teacher_ppl) / base_ppl, "arms": arms,
-          "teacher": {k: teacher[k] for k in ("eval_ppl", "eval_loss", "tokens_seen", "model_config")}}
+          "teacher": {k: teacher[k] for k in ("eval_ppl", "eval_loss", "tokens_seen", "model_config")},
+          "teacher_downstream": teacher.get("downstream") or {}}
+
+
+def _mean_columns(runs: List[dict]) -> dict:
+  """guide_jax.evaluate.columns of each seed's run (result["downstream"]), averaged over seeds."""
+  names = sorted({k for r in runs for k in r.get("downstream") or {}})
+  return {k: float(np.mean([r["downstream"][k] for r in runs if k in r.get("downstream") or {}])) for k in names}
 
 
 def train_flops(run: dict, teacher: dict) -> float:
@@ -188,6 +195,20 @@ def markdown_table(summary: dict) -> str:
     per_seed = ", ".join(f"{100 * g:.1f} %" for g in arm["gap_reduction_per_seed"])
     lines.append(f"| {arm['name']} | {arm['ppl']:.3f} ± {arm['ppl_std']:.3f} | {len(arm['seeds'])} | "
                  f"{100 * arm['gap_reduction']:.1f} % | {per_seed} |")
+  return _with_downstream(lines, summary)
+
+
+def _with_downstream(lines: List[str], summary: dict) -> str:
+  """The table with guide_jax.evaluate's columns (sweep.downstream) at the end, and a teacher row."""
+  cols = sorted({k for a in summary["arms"] for k in a.get("downstream") or {}})
+  if cols:
+    lines[2] += " " + " | ".join(cols) + " |"
+    lines[3] += "---|" * len(cols)
+    for i, arm in enumerate(summary["arms"]):
+      lines[4 + i] += " " + " | ".join(evaluate.format_column(k, (arm.get("downstream") or {}).get(k)) for k in cols) + " |"
+    teacher = summary.get("teacher_downstream") or {}
+    lines.append(f"| teacher | {summary['teacher_ppl']:.3f} | | | | "
+                 + " | ".join(evaluate.format_column(k, teacher.get(k)) for k in cols) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -221,7 +242,8 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
           arms: Dict[str, Sequence[str]] = gin.REQUIRED, seeds: Sequence[int] = (0,),
           baseline: str = "baseline", dry_run: bool = False,
           time_budget_s: Optional[float] = None,
-          budgets: Optional[Dict[str, Sequence[str]]] = None) -> Optional[dict]:
+          budgets: Optional[Dict[str, Sequence[str]]] = None, downstream: Sequence[str] = (),
+          downstream_limit: Optional[int] = evaluate.SWEEP_LIMIT) -> Optional[dict]:
   """Train the teacher (base + teacher specs), then each arm (base + student + arm specs) per seed.
 
   Specs are lists of gin files and bindings. Every arm gets TEACHER_DIR bound to the teacher run,
@@ -230,6 +252,8 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
   budgets: {name: bindings} (e.g. TRAIN_STEPS): every arm x seed runs once per budget, smallest
   first, into <output_dir>/<budget>/<arm>/seed_k; results.json then holds one summary per budget
   and study.json the budgets x arms table.
+  downstream: guide_jax.evaluate task names: every finished run (the teacher too) is evaluated on the
+  first downstream_limit documents of each (None: all), as columns at the end of the table.
   """
   deadline = None if time_budget_s is None else time.time() + time_budget_s
   if baseline not in arms:
@@ -245,6 +269,8 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
   teacher_dir = os.path.join(output_dir, "teacher")
   files, bindings = split_spec(list(base) + list(teacher))
   teacher_result = run_once(teacher_dir, files, bindings, dry_run, label="teacher", deadline=deadline)
+  if downstream and teacher_result is not None:
+    teacher_result["downstream"] = evaluate.run_columns(teacher_dir, downstream, downstream_limit)
   summaries, tables, all_dirs = {}, [], {}
   for budget, budget_spec in (budgets or {None: []}).items():
     arm_results, run_dirs = {}, {}
@@ -258,6 +284,8 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
         if result is not None:
           evals = metrics.read_metrics(run_dir, "eval")
           result["step0_ppl"] = float(np.exp(evals[0]["loss"])) if 0 in evals else None
+          if downstream:
+            result["downstream"] = evaluate.run_columns(run_dir, downstream, downstream_limit)
           arm_results.setdefault(name, []).append(result)
           run_dirs.setdefault(name, []).append(run_dir)
     if dry_run:

@@ -211,9 +211,35 @@ def test_cli_on_a_run_directory(tmp_path, sp_model):
   assert result["step"] == 7
   assert result["tasks"]["mc"]["docs"] == 4 and 0 <= result["tasks"]["mc"]["acc"] <= 1
   assert result["tasks"]["cloze"]["perplexity"] > 1
-  assert "| mc acc, chance 50.0 |" in (tmp_path / "out" / "eval.md").read_text()
+  table = (tmp_path / "out" / "eval.md").read_text()
+  assert f"| {run_dir} | mc | 4 | " in table and "| 50.0 |" in table
   # bad input: one clear error, nothing written
   proc = subprocess.run(cmd[:-3] + ["--tasks=nosuchtask", f"--output={tmp_path / 'x.json'}"],
                         capture_output=True, text=True, env=env, cwd=REPO)
   assert proc.returncode != 0 and "unknown task 'nosuchtask'" in proc.stderr
   assert not (tmp_path / "x.json").exists()
+
+
+def test_sweep_table_gains_downstream_columns():
+  """sweep.summarize averages each run's evaluate.columns over seeds; the table ends with them."""
+  from guide_jax import sweep as sweep_lib
+  cfg = dict(vocab_size=64, d_model=8, n_layers=1, n_heads=1, head_dim=8, mlp_dim=8)
+  run = lambda seed, ppl, down: {"seed": seed, "eval_ppl": ppl, "tokens_seen": 10, "model_config": cfg,
+                                 "seq_len": 8, "downstream": down}
+  teacher = {"eval_ppl": 50.0, "eval_loss": 3.9, "tokens_seen": 10, "model_config": cfg,
+             "downstream": evaluate.columns({"piqa": {"acc": 0.6, "acc_norm": 0.7}, "lambada": {"acc": 0.1, "bits_per_byte": 2.0}})}
+  arms = {"baseline": [run(0, 100.0, {"piqa acc": 0.50, "lambada bpb": 3.0}),
+                       run(1, 100.0, {"piqa acc": 0.52, "lambada bpb": 3.2})],
+          "guide": [run(0, 80.0, {"piqa acc": 0.55, "lambada bpb": 2.5}),
+                    run(1, 80.0, {"piqa acc": 0.57, "lambada bpb": 2.7})]}
+  summary = sweep_lib.summarize(teacher, arms, "baseline")
+  guide = next(a for a in summary["arms"] if a["name"] == "guide")
+  assert guide["downstream"] == pytest.approx({"piqa acc": 0.56, "lambada bpb": 2.6})
+  assert summary["teacher_downstream"] == {"lambada bpb": 2.0, "piqa acc": 0.6}
+  table = sweep_lib.markdown_table(summary).splitlines()
+  assert table[2].endswith("| per seed | lambada bpb | piqa acc |")
+  assert table[5].startswith("| guide |") and table[5].endswith("| 2.600 | 56.0 % |")
+  assert table[6] == "| teacher | 50.000 | | | | 2.000 | 60.0 % |"
+  no_downstream = {k: [dict(r, downstream=None) for r in v] for k, v in arms.items()}
+  assert "bpb" not in sweep_lib.markdown_table(sweep_lib.summarize(dict(teacher, downstream=None), no_downstream,
+                                                                   "baseline"))
