@@ -97,6 +97,13 @@ def _is_disk_full(e: BaseException) -> bool:
   return False
 
 
+def older_step_hint(mngr: ocp.CheckpointManager, step: int) -> str:
+  """How to resume from an older step than a bad `step` (the command-line spelling that works)."""
+  older = sorted(s for s in mngr.all_steps() if s < step)
+  return (f"restore an older step with --gin.config.CheckpointConfig.restore_step={older[-1]} "
+          f"(available: {older})" if older else "no older step is available")
+
+
 def _verify(tree, expected: Optional[dict], item: str, step: int, mngr: ocp.CheckpointManager) -> None:
   if expected is None:
     return
@@ -104,9 +111,7 @@ def _verify(tree, expected: Optional[dict], item: str, step: int, mngr: ocp.Chec
   bad = sorted(k for k in expected if got.get(k) != expected[k])
   directory = mngr.directory
   if bad:
-    older = [s for s in mngr.all_steps() if s < step]
-    hint = (f"restore an older step with train.checkpoint=@CheckpointConfig(restore_step=...) "
-            f"(available: {sorted(older)})" if older else "no older step is available")
+    hint = older_step_hint(mngr, step)
     raise CheckpointError(f"checkpoint step {step} in {directory}: {item}/{bad[0]} does not match its saved "
                           f"checksum ({len(bad)} array(s) corrupt on disk); {hint}")
 
@@ -123,7 +128,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_params, abstract_op
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
   except Exception as e:  # orbax raises many types for truncated / corrupt files
     raise CheckpointError(f"checkpoint step {step} in {mngr.directory} is corrupt or incomplete, or of "
-                          f"another model: {type(e).__name__}: {str(e)[:300]}") from e
+                          f"another model ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
+                          f"{older_step_hint(mngr, step)}") from e
   sums = restored["meta"].get("checksums", {})
   _verify(restored["params"], sums.get("params"), "params", step, mngr)
   if abstract_opt_state is not None:
@@ -145,8 +151,9 @@ def read_meta(model_dir: str, step: Optional[int] = None) -> dict:
   try:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   except Exception as e:
-    raise CheckpointError(f"checkpoint step {step} in {directory} has unreadable metadata: "
-                          f"{type(e).__name__}: {str(e)[:300]}") from e
+    raise CheckpointError(f"checkpoint step {step} in {directory} has unreadable metadata "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
+                          f"{older_step_hint(mngr, step)}") from e
 
 
 def read_config(model_dir: str, step: Optional[int] = None):

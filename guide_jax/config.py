@@ -109,6 +109,11 @@ class ModelConfig:
     return 2 * matmul_params + 4 * self.n_layers * h * l * seq_len
 
 
+def _check_positive_int(name, value, what=""):
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{name} must be a positive int{' ' + what if what else ''}, got {value!r}")
+
+
 def _check_choice(name, value, choices, owner="ModelConfig"):
   if value not in choices:
     raise ValueError(f"{owner}.{name} must be one of {choices}, got {value!r}")
@@ -167,9 +172,9 @@ class DataConfig:
 
   def __post_init__(self):
     for name in ("vocab_size", "seq_len", "batch_size"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"DataConfig.{name} must be a positive int, got {value!r}")
+      _check_positive_int(f"DataConfig.{name}", getattr(self, name))
+    if self.eval_max_batches is not None:
+      _check_positive_int("DataConfig.eval_max_batches", self.eval_max_batches, "or None (every batch)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +192,16 @@ class CheckpointConfig:
   restore_step: Optional[int] = None
   allow_changed_run: bool = False
 
+  def __post_init__(self):
+    _check_positive_int("CheckpointConfig.save_every", self.save_every)
+    # keep=0 would let orbax delete every step, the final one too: a finished run with no checkpoint.
+    _check_positive_int("CheckpointConfig.keep", self.keep, "(the number of recent steps kept; >= 1)")
+    if self.restore_step is not None and (not isinstance(self.restore_step, int) or isinstance(
+        self.restore_step, bool) or self.restore_step < 0):
+      raise ValueError(f"CheckpointConfig.restore_step must be a step number >= 0 or None, got {self.restore_step!r}")
+    if not isinstance(self.allow_changed_run, bool):
+      raise ValueError(f"CheckpointConfig.allow_changed_run must be a bool, got {self.allow_changed_run!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
@@ -196,6 +211,10 @@ class TeacherConfig:
   kd_tau: float = 1.0
 
   def __post_init__(self):
+    for name in ("kd_alpha", "kd_tau"):
+      value = getattr(self, name)
+      if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        raise ValueError(f"TeacherConfig.{name} must be a number, got {value!r}")
     if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_tau <= 0:
       raise ValueError(f"TeacherConfig needs 0 <= kd_alpha <= 1 and kd_tau > 0, got alpha={self.kd_alpha}, "
                        f"tau={self.kd_tau}")

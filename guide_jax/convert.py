@@ -33,7 +33,7 @@ from typing import Optional
 from absl import app, flags, logging
 import jax
 
-from guide_jax import checkpoints, gin_utils, sharding, t5x_compat
+from guide_jax import checkpoints, cli, gin_utils, sharding, t5x_compat
 from guide_jax.config import BLOCKS, LAYER_SELECTIONS, OTHER_BLOCKS, GuideConfig, ModelConfig
 from guide_jax.data import atomic
 from guide_jax.transforms import check_dimensions, guide_init
@@ -228,7 +228,7 @@ def main(argv):
 def run():
   """Entry point with t5x-style --gin.KEY=VALUE rewriting."""
   define_flags()
-  app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))
+  app.run(lambda argv: cli.exit_on_error("guide_jax.convert", main, argv), argv=gin_utils.rewrite_gin_args(sys.argv))
 
 
 if __name__ == "__main__":

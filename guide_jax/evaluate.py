@@ -557,13 +557,10 @@ def main(argv):
   if not FLAGS.model_dir:
     raise app.UsageError("--model_dir is required (or --prepare alone)")
   output = FLAGS.output or os.path.join(FLAGS.model_dir, "downstream.json")
-  try:
-    result = evaluate_run(FLAGS.model_dir, FLAGS.tasks, cache_dir=cache_dir, limit=FLAGS.limit,
-                          step=FLAGS.step, vocab=FLAGS.vocab, max_length=FLAGS.max_length,
-                          tokens_per_batch=FLAGS.tokens_per_batch, model_parallel=FLAGS.model_parallel,
-                          output=output)
-  except EvalError as e:
-    sys.exit(f"guide_jax.evaluate: error: {e}")
+  result = evaluate_run(FLAGS.model_dir, FLAGS.tasks, cache_dir=cache_dir, limit=FLAGS.limit,
+                        step=FLAGS.step, vocab=FLAGS.vocab, max_length=FLAGS.max_length,
+                        tokens_per_batch=FLAGS.tokens_per_batch, model_parallel=FLAGS.model_parallel,
+                        output=output)
   print(markdown_table({FLAGS.model_dir: result}))
   print(f"{sum(t['requests'] for t in result['tasks'].values())} requests in {result['seconds']:.1f} s; "
         f"wrote {output} and {os.path.splitext(output)[0]}.md")
@@ -583,7 +580,8 @@ def run():
   flags.DEFINE_integer("max_length", MAX_LENGTH, "tokens of context + continuation kept (left truncation)")
   flags.DEFINE_integer("tokens_per_batch", TOKENS_PER_BATCH, "padded tokens per forward batch")
   flags.DEFINE_integer("model_parallel", 1, "size of the mesh's 'model' axis")
-  app.run(main)
+  from guide_jax import cli  # pylint: disable=g-import-not-at-top
+  app.run(lambda argv: cli.exit_on_error("guide_jax.evaluate", main, argv))
 
 
 if __name__ == "__main__":

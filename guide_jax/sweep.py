@@ -21,7 +21,7 @@ import gin
 import numpy as np
 import tqdm
 
-from guide_jax import evaluate, gin_utils, metrics
+from guide_jax import cli, evaluate, gin_utils, metrics
 from guide_jax.config import ModelConfig
 from guide_jax.data import atomic
 
@@ -327,7 +327,7 @@ def main(argv):
 def run():
   if "dry_run" not in flags.FLAGS:
     flags.DEFINE_bool("dry_run", False, "print the train commands instead of running them.")
-  app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))
+  app.run(lambda argv: cli.exit_on_error("guide_jax.sweep", main, argv), argv=gin_utils.rewrite_gin_args(sys.argv))
 
 
 if __name__ == "__main__":

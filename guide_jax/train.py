@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from guide_jax import checkpoints, gin_utils, metrics, runlock, sharding, trainer
+from guide_jax import checkpoints, cli, gin_utils, metrics, runlock, sharding, trainer
 from guide_jax.config import (CheckpointConfig, DataConfig, GuideConfig, ModelConfig, PruneConfig,
                               TeacherConfig)
 from guide_jax.data import atomic
@@ -92,6 +92,10 @@ def resume_step(model_dir: str, restore_step: Optional[int]) -> Optional[int]:
   same choice (e.g. to load no teacher) and compiles the same collectives.
   """
   step = -1
+  if (jax.process_index() == 0 and restore_step is not None
+      and not os.path.isdir(checkpoints.checkpoint_dir(model_dir))):
+    raise checkpoints.CheckpointError(f"CheckpointConfig.restore_step={restore_step}, but {model_dir} holds no "
+                                      "checkpoints (a mistyped MODEL_DIR?)")
   if jax.process_index() == 0 and os.path.isdir(checkpoints.checkpoint_dir(model_dir)):
     mngr = checkpoints.manager(model_dir, create=False)
     steps = mngr.all_steps()
@@ -162,6 +166,12 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   """
   # ----------------------------------------------------------------------------- checks
   check_run_args(model, optimizer, train_steps, init, guide, teacher, data, checkpoint)
+  for name, value in (("eval_every", eval_every), ("log_every", log_every), ("model_parallel", model_parallel)):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ValueError(f"train.{name} must be a positive int, got {value!r}")
+  if num_devices is not None and not 1 <= num_devices <= len(jax.devices()):
+    raise ValueError(f"train.num_devices={num_devices!r}, but this host has {len(jax.devices())} "
+                     f"{jax.devices()[0].platform} device(s)")
   mesh = sharding.make_mesh(model_parallel, jax.devices()[:num_devices] if num_devices else None)
   if data.batch_size % mesh.shape["data"]:
     raise ValueError(f"BATCH_SIZE {data.batch_size} must divide by the mesh's data axis ({mesh.shape['data']} "
@@ -286,9 +296,12 @@ def _loop(model_dir, model, optimizer, mesh, state, mngr, params, opt_state, tea
 
   def fail(step, what):
     last = mngr.latest_step()
+    where = (f"The last good checkpoint is step {last}: lower the learning rate or fix the data and "
+             f"rerun to resume from it." if last is not None else
+             "No checkpoint was saved before it: lower the learning rate or fix the data and rerun "
+             "(the run starts again from step 0).")
     result = {"step": step, "finished": False, "last_good_step": last,
-              "error": f"{what} at step {step}; stopped without saving it. The last good checkpoint is "
-                       f"step {last}: lower the learning rate or fix the data and rerun to resume from it."}
+              "error": f"{what} at step {step}; stopped without saving it. {where}"}
     if jax.process_index() == 0:
       atomic.atomic_write_json(results_path, result)
     writer.close()
@@ -360,7 +373,7 @@ def main(argv):
 
 def run():
   """Entry point with t5x-style --gin.KEY=VALUE rewriting."""
-  app.run(main, argv=gin_utils.rewrite_gin_args(sys.argv))
+  app.run(lambda argv: cli.exit_on_error("guide_jax.train", main, argv), argv=gin_utils.rewrite_gin_args(sys.argv))
 
 
 if __name__ == "__main__":
