@@ -235,7 +235,7 @@ class SentencePieceTokenizer:
   """The run's data tokenizer: encode(text) -> ids exactly as its prepared data was made.
 
   escape_newlines: the built-in corpora write a line break as backslash-n and a backslash as two
-  (guide_jax.data.corpus.encode_document) before SentencePiece sees the text; seqio tasks do not.
+  (guide_jax.corpora.corpus.encode_document) before SentencePiece sees the text; seqio tasks do not.
   """
 
   def __init__(self, model_path: str, *, escape_newlines: bool):
@@ -252,7 +252,7 @@ class SentencePieceTokenizer:
 
   def encode(self, text: str) -> List[int]:
     if self.escape_newlines:
-      from guide_jax.data import corpus  # pylint: disable=g-import-not-at-top
+      from guide_jax.corpora import corpus  # pylint: disable=g-import-not-at-top
       text = corpus.encode_document(text)
     return self._sp.encode(text)
 

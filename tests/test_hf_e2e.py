@@ -231,7 +231,7 @@ def test_train_refuses_data_of_another_tokenizer(readme_run, text, tmp_path):
                              vocab_size=128256)
   model_dir = str(tmp_path / "refused")
   proc = run_bash(
-      f"python -m guide_jax.train --gin_file=gin/runs/pretrain.gin --gin_file={work}/init/model.gin "
+      f"python -m guide_jax.train --gin_file=gin/runs/pretrain.gin --gin_file=gin/init_params.gin --gin_file={work}/init/model.gin "
       f"--gin.MODEL_DIR=\"'{model_dir}'\" --gin.DATA_DIR=\"'{other}'\" "
       f"--gin.INIT_PARAMS_DIR=\"'{work}/init'\" --gin.TRAIN_STEPS=1", {})
   assert proc.returncode != 0

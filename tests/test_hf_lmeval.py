@@ -25,7 +25,7 @@ from lm_eval.models.huggingface import HFLM  # noqa: E402
 
 from guide_jax import evaluate, hf_tokenizer, importers, model, sharding  # noqa: E402
 from guide_jax.config import ModelConfig  # noqa: E402
-from guide_jax.data import corpus, vocab as vocab_lib  # noqa: E402
+from guide_jax.corpora import corpus, vocab as vocab_lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = 12
