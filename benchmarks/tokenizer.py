@@ -100,7 +100,8 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--json_out", default=None)
   args = parser.parse_args()
-  from guide_jax.data import corpus, hf_tokenizer
+  from guide_jax.corpora import corpus
+  from guide_jax.data import hf_tokenizer
 
   with tempfile.TemporaryDirectory() as workdir:
     jsonl = args.input

@@ -25,7 +25,7 @@ from absl import logging
 import jax
 from jax.sharding import Mesh
 
-from guide_jax import checkpoints
+from guide_jax import checkpoints, fileio
 from guide_jax.config import ModelConfig
 from guide_jax.transforms import validate
 
@@ -67,7 +67,7 @@ class Format(NamedTuple):
 
 # ------------------------------------------------------------------------------------ guide_jax
 def _guide_jax_detect(path: str) -> bool:
-  return os.path.isdir(checkpoints.checkpoint_dir(path))
+  return fileio.isdir(checkpoints.checkpoint_dir(path))
 
 
 def _guide_jax_describe(source: Source):
@@ -113,8 +113,8 @@ def _t5x_read(found, config: ModelConfig, mesh: Optional[Mesh]):
 
 # -------------------------------------------------------------------------------- Hugging Face
 def _hf_detect(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, "config.json")) and any(
-      n.endswith(".safetensors") for n in os.listdir(path))
+  return (not fileio.is_remote(path) and os.path.isfile(os.path.join(path, "config.json"))
+          and any(n.endswith(".safetensors") for n in os.listdir(path)))
 
 
 def _hf_describe(source: Source):
@@ -157,7 +157,7 @@ def describe(source: Union[str, Source], *, vocab_size: Optional[int] = None) ->
   source = as_source(source)
   name = source.format
   if name is None:
-    if not os.path.exists(source.path):
+    if not fileio.exists(source.path):
       raise checkpoints.CheckpointError(f"no checkpoints under {source.path!r}: the teacher does not exist")
     name = next((n for n, f in FORMATS.items() if f.detect(source.path)), None)
     if name is None:

@@ -139,7 +139,7 @@ def _model_vocab_size(tokenizer_path: str) -> Optional[int]:
 
 
 def _seqio_texts(task: str, split: str, text_field: str) -> Iterator[str]:
-  from guide_jax.data import tasks  # pylint: disable=g-import-not-at-top (imports TF, seqio)
+  from guide_jax.corpora import tasks  # pylint: disable=g-import-not-at-top (imports TF, seqio)
 
   provider = tasks.seqio.get_mixture_or_task(task)
   if not hasattr(provider, "source"):
@@ -198,7 +198,7 @@ def prepare_text(output_dir: str, tokenizer_path: str, *, inputs: Sequence[str] 
       val_docs = lambda: every_nth(file_documents(files, text_field), validation_every, keep=True)
     splits = ("train", "validation")
   elif corpus:
-    from guide_jax.data import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
+    from guide_jax.corpora import corpus as corpus_lib  # pylint: disable=g-import-not-at-top
 
     if corpus not in corpus_lib.CORPORA:
       raise ValueError(f"unknown corpus {corpus!r}; expected one of {corpus_lib.CORPORA}")
