@@ -216,7 +216,7 @@ def read(items: str, described: configs.Described, scan: bool, mesh=None):
   its shards; optimizer state is never read), then relaid onto the config's shardings one MaxText
   leaf at a time (device memory: the teacher plus one leaf); without a mesh, numpy arrays."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  config, interleaved = described
+  config, interleaved = described.config, described.interleaved
   dtype = jnp.dtype(config.param_dtype)
   shapes = layout.param_shapes(config, scan)
   if mesh is None:

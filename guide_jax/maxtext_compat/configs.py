@@ -65,10 +65,12 @@ class MaxTextConfigError(ValueError):
 
 
 class Described(NamedTuple):
-  """A MaxText model as guide_jax sees it: config, and interleaved (RoPE pairs (2i, 2i+1): the
-  query/key kernels' head_dim axis is permuted on the way in and out)."""
+  """A MaxText model as guide_jax sees it: config; interleaved (RoPE pairs (2i, 2i+1): the
+  query/key kernels' head_dim axis is permuted on the way in and out); settings: the MaxText
+  overrides (DESCRIBING's keys, resolved) that build it."""
   config: ModelConfig
   interleaved: bool
+  settings: Dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------ parsing
@@ -222,7 +224,7 @@ def model_config(spec, *, param_dtype: str = "float32") -> Described:
         **rope)
   except ValueError as e:
     raise MaxTextConfigError(f"MaxText settings give no valid model: {e}") from e
-  return Described(config, llama31)
+  return Described(config, llama31, {k: values[k] for k in DESCRIBING})
 
 
 # ---------------------------------------------------------------------------------- the student
@@ -274,8 +276,9 @@ def _number(x: float):
   return int(x) if float(x).is_integer() else float(x)
 
 
-def format_settings(values: Mapping[str, Any]) -> str:
-  """KEY=VALUE words as MaxText's command line reads them (lists as ['a','b'], shell-safe)."""
+def format_settings(values: Mapping[str, Any], shell: bool = True) -> str:
+  """KEY=VALUE words as MaxText's command line (and parse) read them, lists as ['a','b']; shell:
+  words with brackets or quotes single-word quoted for a shell."""
   words = []
   for key, value in values.items():
     if isinstance(value, bool):
@@ -285,5 +288,7 @@ def format_settings(values: Mapping[str, Any]) -> str:
     else:
       text = str(value)
     word = f"{key}={text}"
-    words.append(f'"{word}"' if any(c in word for c in "[]' ") else word)
+    if " " in word:
+      raise MaxTextConfigError(f"MaxText setting {word!r} has a space: MaxText's command line splits it")
+    words.append(f'"{word}"' if shell and any(c in word for c in "[]'") else word)
   return " ".join(words)
