@@ -43,10 +43,24 @@ def find_items(path: str) -> str:
   """The orbax `items` directory of a MaxText checkpoint at `path`: the items directory itself
   (what load_parameters_path names), a step directory (<root>/0), a conversion root (<root>, its
   latest step), or a MaxText run directory (<run>/checkpoints/<step>, the latest). Raises
-  MaxTextCheckpointError naming the path."""
+  MaxTextCheckpointError naming the path, or the latest step when it is incomplete (never an
+  older step silently)."""
   path = os.path.abspath(os.fspath(path))
   if not os.path.isdir(path):
     raise MaxTextCheckpointError(f"MaxText checkpoint {path!r} does not exist")
+  candidates = _candidates(path)
+  if not candidates:
+    raise MaxTextCheckpointError(f"no MaxText checkpoint in {path!r} (expected <root>/<step>/items/ or "
+                                 "<run>/checkpoints/<step>/items/)")
+  if not os.path.isfile(os.path.join(candidates[0], _METADATA)):
+    older = [os.path.dirname(c) for c in candidates[1:]]
+    raise MaxTextCheckpointError(f"MaxText checkpoint {candidates[0]} is incomplete (no {_METADATA})"
+                                 + (f"; name an older step to read it instead: {older[0]}" if older else ""))
+  return candidates[0]
+
+
+def _candidates(path: str):
+  """The items directories `path` may name, latest step first (complete or not)."""
   candidates = []
   if os.path.basename(path) == ITEMS:
     candidates = [path]
@@ -58,22 +72,14 @@ def find_items(path: str) -> str:
       if steps:
         candidates = [os.path.join(base, str(s), ITEMS) for s in reversed(steps)]
         break
-  if not candidates:
-    raise MaxTextCheckpointError(f"no MaxText checkpoint in {path!r} (expected <root>/<step>/items/ or "
-                                 "<run>/checkpoints/<step>/items/)")
-  for items in candidates:
-    if os.path.isfile(os.path.join(items, _METADATA)):
-      return items
-  raise MaxTextCheckpointError(f"MaxText checkpoint {candidates[0]} is incomplete (no {_METADATA})")
+  return candidates
 
 
 def is_maxtext(path: str) -> bool:
-  """Whether `path` holds a MaxText checkpoint (find_items succeeds; no array metadata read)."""
-  try:
-    find_items(path)
-  except MaxTextCheckpointError:
-    return False
-  return True
+  """Whether `path` has a MaxText checkpoint's layout (<step>/items directories; complete or not:
+  find_items names an incomplete one). No array metadata is read."""
+  path = os.path.abspath(os.fspath(path))
+  return os.path.isdir(path) and bool(_candidates(path))
 
 
 def saved_scan_layers(items: str) -> Optional[bool]:
