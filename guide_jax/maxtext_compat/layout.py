@@ -3,7 +3,7 @@ relayouts, pure functions (numpy or jax arrays; jit-able).
 
 MaxText's tree (under the checkpoint's params/params; d emb, h query heads, k kv heads, l head_dim,
 f mlp, V vocab, L layers), as MaxText builds it (checked against MaxText's own models in
-tests/maxtext/test_maxtext_layout.py):
+tests/maxtext/test_maxtext_teachers.py::test_shape_rule_is_maxtexts):
   token_embedder/embedding                                [V, d]     (top level, not under decoder)
   decoder/layers_{i}/pre_self_attention_layer_norm/scale  [d]        ours: pre_self_attention_layer_norm
   decoder/layers_{i}/post_self_attention_layer_norm/scale [d]        ours: pre_mlp_layer_norm

@@ -15,6 +15,7 @@ from guide_jax import maxtext_compat, model, sharding, teachers
 import maxtext  # noqa: E402  (the tier's venv has MaxText's src on its path)
 from flax import nnx  # noqa: E402
 from maxtext.checkpoint_conversion.utils.utils import save_weights_to_checkpoint  # noqa: E402
+from maxtext.common import checkpointing  # noqa: E402
 from maxtext.configs import pyconfig  # noqa: E402
 from maxtext.utils import model_creation_utils  # noqa: E402
 
@@ -38,16 +39,15 @@ FAR = (NEAR * 40 + 7).astype(np.int32)  # up to 927: where Llama 3.1's RoPE scal
 # name -> (settings, scan_layers, positions, bf16 table)
 TEACHERS = {
     "scanned": (TINY, True, NEAR, False),
-    "unscanned": (TINY, False, NEAR, False),
-    # Llama 3.1 shape: GQA 8 heads on 2, interleaved RoPE pairs with the llama3.1 frequency scaling.
+    # Llama 3.1 shape, unscanned: GQA 8 heads on 2, interleaved RoPE pairs with the llama3.1
+    # frequency scaling, read at positions where the scaling changes the angles.
     "llama31": ({**TINY, "base_num_query_heads": 8, "head_dim": 8, "rope_type": "llama3.1",
                  "rope_max_timescale": 500_000}, False, FAR, False),
-    # Mistral shape: MaxText's mistral decoder block, GQA, theta 1e6.
-    "mistral": ({**TINY, "decoder_block": "mistral", "base_num_query_heads": 8, "head_dim": 8,
-                 "rope_max_timescale": 1_000_000}, True, NEAR, False),
-    # Tied output layer: MaxText rounds the table to bfloat16 in the logits product, so the table is
-    # made bfloat16-representable to compare at 1e-5 (docs/maxtext.md).
-    "tied": ({**TINY, "logits_via_embedding": True}, True, NEAR, True),
+    # Mistral shape: MaxText's mistral decoder block, GQA, theta 1e6; tied output layer. MaxText
+    # rounds the tied table to bfloat16 in the logits product, so the table is made
+    # bfloat16-representable to compare at 1e-5 (docs/maxtext.md).
+    "mistral_tied": ({**TINY, "decoder_block": "mistral", "base_num_query_heads": 8, "head_dim": 8,
+                      "rope_max_timescale": 1_000_000, "logits_via_embedding": True}, True, NEAR, True),
 }
 
 
@@ -94,14 +94,18 @@ def perturb(mx_model, seed: int, bf16_table: bool) -> None:
   nnx.update(mx_model, state)
 
 
+def abstract(cfg):
+  """MaxText's abstract NNX model for cfg (nnx.eval_shape: no compute)."""
+  return model_creation_utils.create_nnx_abstract_model(cfg)[1]
+
+
 def params_of(mx_model):
   return jax.tree_util.tree_map(np.asarray, nnx.state(mx_model, nnx.Param).to_pure_dict())
 
 
 def abstract_shapes(cfg) -> Dict[str, tuple]:
   """{path: shape} of the params MaxText builds for cfg (nnx.eval_shape: no compute)."""
-  _, abstract = model_creation_utils.create_nnx_abstract_model(cfg)
-  flat = jax.tree_util.tree_flatten_with_path(nnx.state(abstract, nnx.Param).to_pure_dict())[0]
+  flat = jax.tree_util.tree_flatten_with_path(nnx.state(abstract(cfg), nnx.Param).to_pure_dict())[0]
   return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(v.shape) for path, v in flat}
 
 
@@ -129,10 +133,13 @@ def readme_block(name: str = "maxtext-route") -> str:
 
 
 class Tier:
-  """Each teacher made once per session, and the README route run once."""
+  """Each teacher made once per session, and the README route run once. MaxText's persistent
+  compilation cache (jax_cache_dir, default ~/jax_cache) is the session's own: every run compiles
+  cold, as CI's does, and nothing is written outside the test's directory."""
 
   def __init__(self, root):
     self.root = str(root)
+    RUN["jax_cache_dir"] = os.path.join(self.root, "jax_cache")
     self._teachers: Dict[str, Teacher] = {}
     self._route: Optional[dict] = None
 

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("maxtext.configs.pyconfig")
 
 import maxtext_support as S  # noqa: E402
-from guide_jax import checkpoints, convert, model, teachers  # noqa: E402
+from guide_jax import checkpoints, convert, maxtext_compat, model, teachers  # noqa: E402
 from guide_jax.config import GuideConfig  # noqa: E402
 
 
@@ -39,17 +39,24 @@ def test_student_logits_equal_maxtext(tier, tmp_path, name, scan):
   assert S.rel_err(S.forward(mx_model, mesh, teacher.positions), ours) < S.RTOL
 
 
-def test_bf16_student_loads_in_maxtext(tier, tmp_path):
-  """--maxtext_dtype=bfloat16: MaxText (weight_dtype=bfloat16) restores it and its float32
-  forward equals guide_jax's on the student's params rounded to bfloat16."""
-  teacher = tier.teacher("unscanned")
+def test_bf16_student_restores_in_maxtext(tier, tmp_path):
+  """--maxtext_dtype=bfloat16: MaxText's own params-only restore (checkpointing.load_params_from_path,
+  what load_parameters_path runs) into the model its maxtext.yml builds (float32 weights) gives
+  exactly the student's params rounded to bfloat16, in MaxText's layout."""
+  teacher = tier.teacher("llama31")
   _student(teacher, str(tmp_path / "mt"), "maxtext", maxtext_scan_layers=False, maxtext_dtype="bfloat16")
   _student(teacher, str(tmp_path / "gj"), "guide_jax")
   params, cfg = checkpoints.load_params(str(tmp_path / "gj"))
-  rounded = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(jax.numpy.bfloat16).astype(np.float32), params)
-  ours = np.asarray(model.apply(cfg, rounded, S.TOKENS))
-  mx_model, mesh = S.build(S.config(str(tmp_path / "mt" / "maxtext.yml"), weight_dtype="bfloat16"))
-  assert S.rel_err(S.forward(mx_model, mesh), ours) < S.RTOL
+  want = maxtext_compat.to_maxtext(params, cfg, False, dtype="bfloat16")
+  mx_cfg = S.config(str(tmp_path / "mt" / "maxtext.yml"))
+  state = S.nnx.state(S.abstract(mx_cfg), S.nnx.Param)
+  restored = S.checkpointing.load_params_from_path(mx_cfg.load_parameters_path, state, 1).to_pure_dict()
+  got = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+         for path, v in jax.tree_util.tree_flatten_with_path(restored)[0]}
+  assert sorted(got) == sorted(want)
+  for k, v in want.items():
+    assert np.asarray(v).dtype == np.dtype(jax.numpy.bfloat16), k
+    np.testing.assert_array_equal(got[k], np.asarray(v).astype(got[k].dtype), err_msg=k)
 
 
 def _losses(log, pattern):

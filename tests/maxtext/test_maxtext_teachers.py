@@ -3,6 +3,8 @@ teachers.load, give MaxText's own logits; the shapes guide_jax expects for MaxTe
 shapes MaxText builds; checkpoints guide_jax does not map are refused before any array is read."""
 import os
 
+import jax
+import numpy as np
 import pytest
 
 pytest.importorskip("maxtext.configs.pyconfig")
@@ -12,11 +14,12 @@ from guide_jax import convert, maxtext_compat, teachers  # noqa: E402
 from guide_jax.maxtext_compat import configs, layout  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["scanned", "unscanned", "llama31", "mistral", "tied"])
+@pytest.mark.parametrize("name", sorted(S.TEACHERS))
 def test_teacher_logits_equal_maxtext(tier, name):
   """A teacher MaxText initialized (norm scales perturbed in its own state) and saved with its
-  conversion writer: guide_jax's forward on what teachers.load restores (2-device mesh) equals
-  MaxText's forward within 1e-5 (Llama 3.1 RoPE at positions up to 927, where its scaling acts)."""
+  conversion writer, scanned (default RoPE; Mistral block, tied) and unscanned (Llama 3.1 RoPE at
+  positions up to 927, where its scaling acts): guide_jax's forward on what teachers.load
+  restores (2-device mesh) equals MaxText's forward within 1e-5."""
   teacher = tier.teacher(name)
   source = teachers.Source(teacher.items, settings=teacher.settings)
   found = teachers.describe(source)
@@ -41,21 +44,24 @@ VARIANTS = [
 
 
 @pytest.mark.parametrize("values,scan", VARIANTS)
-def test_shape_rule_is_maxtexts(values, scan):
+def test_shape_rule_is_maxtexts(tier, values, scan):
   """layout.param_shapes(settings) -- what convert checks a student against before writing --
-  equals the parameter shapes MaxText's own model has for those settings."""
+  equals the parameter shapes MaxText's own model has for those settings. (tier: MaxText's config
+  sets the compilation cache dir, so it is built after the tier has set its own.)"""
   expected = layout.param_shapes(configs.model_config(values).config, scan)
   assert S.abstract_shapes(S.config(scan_layers=scan, **values)) == expected
 
 
 def test_refuses_another_decoder_block(tier, tmp_path):
-  """A checkpoint MaxText saved for its gemma2 block is refused (describe, convert) before any
-  array is read, naming the leaves a llama2 block lacks; convert writes nothing."""
+  """A checkpoint of MaxText's gemma2 block (its tree as MaxText builds it, saved by MaxText's
+  conversion writer) is refused (describe, convert) before any array is read, naming the leaves a
+  llama2 block lacks; convert writes nothing."""
   values = {**S.TINY, "decoder_block": "gemma2", "base_num_kv_heads": 4}
-  cfg = S.config(scan_layers=True, base_output_directory=str(tmp_path / "g"), **values)
-  mx_model, _ = S.build(cfg)
-  S.save_weights_to_checkpoint(str(tmp_path / "g"), S.params_of(mx_model), device_count=1, use_ocdbt=True,
-                               use_zarr3=True, config=cfg)
+  cfg = S.config(scan_layers=True, **values)
+  zeros = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, np.float32),
+                                 S.nnx.state(S.abstract(cfg), S.nnx.Param).to_pure_dict())
+  S.save_weights_to_checkpoint(str(tmp_path / "g"), zeros, device_count=1, use_ocdbt=True, use_zarr3=True,
+                               config=cfg)
   items = str(tmp_path / "g" / "0" / "items")
   with pytest.raises(maxtext_compat.MaxTextCheckpointError, match="not a llama2-style decoder block"):
     teachers.describe(teachers.Source(items, settings=S.words(S.TINY)))
