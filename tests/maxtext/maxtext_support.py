@@ -5,12 +5,13 @@ import os
 import re
 import subprocess
 import sys
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import jax
 import numpy as np
 
 from guide_jax import maxtext_compat, model, sharding, teachers
+from guide_jax.transforms import validate  # noqa: F401  (the tests' flatten)
 
 import maxtext  # noqa: E402  (the tier's venv has MaxText's src on its path)
 from flax import nnx  # noqa: E402
@@ -76,27 +77,43 @@ def forward(mx_model, mesh, positions=NEAR) -> np.ndarray:
     return np.asarray(mx_model(TOKENS, positions, enable_dropout=False), np.float32)
 
 
-def perturb(mx_model, seed: int, bf16_table: bool) -> None:
+def perturb(mx_model, seed: int) -> None:
   """MaxText initializes every norm scale to 1, which would hide a misplaced norm: give them
-  1 + 0.3 N(0, 1) inside MaxText's model state; optionally round the embedding to bfloat16."""
-  state = nnx.state(mx_model, nnx.Param)
-  pure = state.to_pure_dict()
+  1 + 0.3 N(0, 1) inside MaxText's model state."""
   rng = np.random.RandomState(seed)
+  _change(mx_model, lambda name, x: (1.0 + 0.3 * rng.randn(*x.shape)).astype(np.float32)
+          if name.endswith("['scale']") else x)
 
-  def change(path, x):
-    name = jax.tree_util.keystr(path)
-    if name.endswith("['scale']"):
-      return (1.0 + 0.3 * rng.randn(*x.shape)).astype(np.float32)
-    if bf16_table and "token_embedder" in name:
-      return np.asarray(x).astype(jax.numpy.bfloat16).astype(np.float32)
-    return np.asarray(x)
-  nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(change, pure))
+
+def round_table(mx_model) -> None:
+  """The embedding table rounded to bfloat16 (kept float32) inside MaxText's model state."""
+  _change(mx_model, lambda name, x: np.asarray(x).astype(jax.numpy.bfloat16).astype(np.float32)
+          if "token_embedder" in name else x)
+
+
+def _change(mx_model, fn) -> None:
+  state = nnx.state(mx_model, nnx.Param)
+  changed = jax.tree_util.tree_map_with_path(lambda path, x: fn(jax.tree_util.keystr(path), np.asarray(x)),
+                                             state.to_pure_dict())
+  nnx.replace_by_pure_dict(state, changed)
   nnx.update(mx_model, state)
 
 
 def abstract(cfg):
   """MaxText's abstract NNX model for cfg (nnx.eval_shape: no compute)."""
   return model_creation_utils.create_nnx_abstract_model(cfg)[1]
+
+
+def nest(flat: Dict[str, np.ndarray]) -> Dict:
+  """{'a/b/c': x} -> {'a': {'b': {'c': x}}} (validate.flatten's inverse)."""
+  tree: Dict = {}
+  for key, x in flat.items():
+    *parents, leaf = key.split("/")
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = x
+  return tree
 
 
 def params_of(mx_model):
@@ -116,6 +133,8 @@ class Teacher(NamedTuple):
   scan: bool
   positions: np.ndarray
   logits: np.ndarray    # MaxText's forward on TOKENS at positions
+  # bf16 table teachers: (table before rounding, MaxText's forward with it), else None
+  unrounded: Optional[Tuple[np.ndarray, np.ndarray]]
 
 
 def ours(source, positions=NEAR, mesh_devices: int = 2) -> np.ndarray:
@@ -149,11 +168,15 @@ class Tier:
       where = os.path.join(self.root, f"teacher_{name}")
       cfg = config(scan_layers=scan, base_output_directory=where, **values)
       mx_model, mesh = build(cfg)
-      perturb(mx_model, seed=len(self._teachers), bf16_table=bf16)
+      perturb(mx_model, seed=len(self._teachers))
+      unrounded = None
+      if bf16:
+        unrounded = (params_of(mx_model)["token_embedder"]["embedding"], forward(mx_model, mesh, positions))
+        round_table(mx_model)
       save_weights_to_checkpoint(where, params_of(mx_model), device_count=1, use_ocdbt=True, use_zarr3=True,
                                  config=cfg)
       self._teachers[name] = Teacher(os.path.join(where, "0", "items"), words(values), dict(values), scan,
-                                     positions, forward(mx_model, mesh, positions))
+                                     positions, forward(mx_model, mesh, positions), unrounded)
     return self._teachers[name]
 
   def route(self) -> dict:
