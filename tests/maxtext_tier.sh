@@ -32,8 +32,10 @@ if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c "import maxtext.conf
   "$VENV/bin/pip" install -q --no-deps -r "$VENV/requirements-maxtext.txt"
   site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   echo "$THIRDPARTY/maxtext/src" > "$site/maxtext_src.pth"
-  "$VENV/bin/pip" install -q --no-deps -e "$REPO"
+  # pytest and gin-config before guide_jax: guide_jax goes in with --no-deps (the tier needs none of
+  # its plotting/data extras), so pip's dependency check has nothing of it to complain about.
   "$VENV/bin/pip" install -q pytest gin-config
+  "$VENV/bin/pip" install -q --no-deps -e "$REPO"
   echo "maxtext tier: venv built in $((SECONDS - start)) s"
 fi
 
