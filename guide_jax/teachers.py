@@ -9,6 +9,11 @@ not carry itself (a t5x checkpoint's ModelConfig, a step). Formats, in FORMATS:
              importable); Source.config gives its shape (e.g. from gin/t5x/teacher.gin).
   hf         a Hugging Face model directory (config.json + safetensors; guide_jax.importers: the
              families of its module docstring), read in shards in its own dtype.
+  maxtext    a MaxText checkpoint of a llama2-style decoder block (guide_jax.maxtext_compat): a
+             params-only one (<root>/0/items, what load_parameters_path names) or a training run's
+             (<run>/checkpoints/<step>/items), scanned or not; Source.settings gives its MaxText
+             settings (a model .yml and KEY=VALUE overrides, as MaxText's command line takes them:
+             MaxText stores none). Detected before guide_jax (a MaxText run dir has checkpoints/ too).
 Adding a format is one Format (detect, describe, read) and one entry in FORMATS; train (starts and
 KD), guide_jax.convert and the t5x restore-time function all read teachers through load().
 
@@ -34,11 +39,13 @@ from guide_jax.transforms import validate
 class Source:
   """Where a teacher is. format: a key of FORMATS, or None to detect it from the path.
   config: the teacher's ModelConfig for formats that do not store one (t5x). step: a guide_jax
-  checkpoint step (default: the latest)."""
+  checkpoint step (default: the latest). settings: a MaxText teacher's MaxText settings, one
+  string of words each a .yml file or KEY=VALUE (guide_jax.maxtext_compat.configs.parse)."""
   path: str
   format: Optional[str] = None
   config: Optional[ModelConfig] = None
   step: Optional[int] = None
+  settings: Optional[str] = None
 
   def __post_init__(self):
     if not self.path or not isinstance(self.path, str):
@@ -47,6 +54,8 @@ class Source:
       raise ValueError(f"teacher Source.format must be one of {tuple(FORMATS)} or None, got {self.format!r}")
     if self.config is not None and not isinstance(self.config, ModelConfig):
       raise ValueError(f"teacher Source.config must be a ModelConfig, got {type(self.config).__name__}")
+    if self.settings is not None and not isinstance(self.settings, str):
+      raise ValueError(f"teacher Source.settings must be a string of MaxText settings, got {self.settings!r}")
 
 
 class Described(NamedTuple):
@@ -71,9 +80,9 @@ def _guide_jax_detect(path: str) -> bool:
 
 
 def _guide_jax_describe(source: Source):
-  if source.config is not None:
+  if source.config is not None or source.settings is not None:
     raise ValueError(f"a guide_jax teacher checkpoint ({source.path}) carries its ModelConfig: give a "
-                     "config only for a t5x teacher")
+                     "config only for a t5x teacher, settings only for a MaxText one")
   config, step = checkpoints.read_config(source.path, source.step)
   return config, f"{checkpoints.checkpoint_dir(source.path)}/{step}", (source.path, step)
 
@@ -101,6 +110,8 @@ def _t5x_describe(source: Source):
                      "e.g. from gin/t5x/teacher.gin): t5x checkpoints do not store one")
   if source.step is not None:
     raise ValueError("Source.step is for guide_jax teachers; point a t5x teacher's path at checkpoint_<step>")
+  if source.settings is not None:
+    raise ValueError("Source.settings is for MaxText teachers; a t5x teacher takes Source.config")
   found = checkpoint_io.check_t5x_checkpoint(source.path, source.config)
   where = found if checkpoint_io.is_legacy(found) else os.path.dirname(found)
   return source.config, where, found
@@ -119,9 +130,9 @@ def _hf_detect(path: str) -> bool:
 
 def _hf_describe(source: Source):
   from guide_jax import importers  # pylint: disable=g-import-not-at-top (safetensors)
-  if source.config is not None or source.step is not None:
+  if source.config is not None or source.step is not None or source.settings is not None:
     raise ValueError(f"a Hugging Face teacher ({source.path}) carries its config and has no step: give "
-                     "neither a config nor a step")
+                     "neither a config, a step nor settings")
   return importers.describe(source.path), os.path.abspath(source.path), source.path
 
 
@@ -133,8 +144,34 @@ def _hf_read(path, config: ModelConfig, mesh: Optional[Mesh]):
   return params
 
 
+# -------------------------------------------------------------------------------------- MaxText
+def _maxtext_detect(path: str) -> bool:
+  from guide_jax.maxtext_compat import checkpoint_io  # pylint: disable=g-import-not-at-top
+  return not fileio.is_remote(path) and checkpoint_io.is_maxtext(path)
+
+
+def _maxtext_describe(source: Source):
+  from guide_jax.maxtext_compat import checkpoint_io  # pylint: disable=g-import-not-at-top
+  if source.settings is None:
+    raise ValueError(f"a MaxText teacher ({source.path}) needs its MaxText settings (teachers.Source("
+                     "settings='<configs/models/NAME.yml> KEY=VALUE ...'), convert --teacher_maxtext=...): "
+                     "MaxText checkpoints store none")
+  if source.config is not None or source.step is not None:
+    raise ValueError("a MaxText teacher takes settings, not a ModelConfig or a step: point its path at "
+                     "<run>/checkpoints/<step> for a step")
+  described, scan, items = checkpoint_io.describe(source.path, source.settings)
+  return described.config, items, (items, described, scan)
+
+
+def _maxtext_read(handle, config: ModelConfig, mesh: Optional[Mesh]):
+  from guide_jax.maxtext_compat import checkpoint_io  # pylint: disable=g-import-not-at-top
+  items, described, scan = handle
+  return checkpoint_io.read(items, described, scan, mesh)
+
+
 # Detection tries these in order; a named Source.format skips detection.
 FORMATS = {
+    "maxtext": Format(_maxtext_detect, _maxtext_describe, _maxtext_read),
     "guide_jax": Format(_guide_jax_detect, _guide_jax_describe, _guide_jax_read),
     "t5x": Format(_t5x_detect, _t5x_describe, _t5x_read),
     "hf": Format(_hf_detect, _hf_describe, _hf_read),
@@ -163,7 +200,7 @@ def describe(source: Union[str, Source], *, vocab_size: Optional[int] = None) ->
     if name is None:
       raise ValueError(f"{source.path!r} is no teacher checkpoint of a known format {tuple(FORMATS)} "
                        "(guide_jax: <dir>/checkpoints/<step>/; t5x: <dir>/checkpoint_<step>/; hf: config.json + "
-                       "*.safetensors)")
+                       "*.safetensors; maxtext: <root>/<step>/items/ or <run>/checkpoints/<step>/items/)")
   config, where, handle = FORMATS[name].describe(source)
   if vocab_size is not None and config.vocab_size != vocab_size:
     raise ValueError(f"teacher/student vocab mismatch: teacher vocab_size {config.vocab_size} != "
