@@ -193,7 +193,9 @@ def check_same(data_fingerprint: Optional[dict], expected: dict, data_where: str
   Data without a recorded tokenizer fingerprint (made by an older prepare or its own
   SentencePiece training) is refused too: its ids mean something else.
   """
-  hint = "prepare it with the teacher's tokenizer: python -m guide_jax.data.prepare --tokenizer=TEACHER_DIR"
+  hint = ("prepare it with the teacher's tokenizer: python -m guide_jax.data.prepare --tokenizer=TEACHER_DIR"
+          if expected.get("kind") in KINDS else "train on data made with the same vocabulary (the teacher's "
+          "DATA_DIR, or its CORPUS and VOCAB_SIZE)")
   if not data_fingerprint:
     raise TokenizerError(f"{data_where} records no tokenizer fingerprint, so it was not tokenized by "
                          f"the tokenizer of {expected_where}; {hint}")

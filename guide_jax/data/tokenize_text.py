@@ -174,7 +174,7 @@ def prepare_text(output_dir: str, tokenizer_path: str, *, inputs: Sequence[str] 
     raise ValueError("--validation_input goes with --input")
   if not isinstance(validation_every, int) or validation_every < 2:
     raise ValueError(f"validation_every must be an int >= 2, got {validation_every!r}")
-  if os.path.exists(output_dir):
+  if prepare.intact_output(output_dir):  # a damaged one is removed and built again
     raise FileExistsError(f"output directory {output_dir} already exists")
   tok = hf_tokenizer.load(tokenizer_path, eos_token)
   model_vocab = vocab_size or _model_vocab_size(tokenizer_path) or tok.vocab_size
