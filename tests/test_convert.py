@@ -73,11 +73,9 @@ def test_init_params_dir_of_another_model_fails_before_writing(tmp_path, teacher
 
 def test_case13_convert_into_an_unwritable_location_fails_before_any_compute(tmp_path, teacher, monkeypatch):
   """Issue 26 case 13. Before: GUIDE was computed first, then a raw OSError at the write."""
-  from guide_jax import teachers
-
-  def read(*args, **kwargs):
-    raise AssertionError("the teacher was read before the output was probed")
-  monkeypatch.setattr(teachers, "read", read)
+  def guide(*args, **kwargs):
+    raise AssertionError("GUIDE computed before the output was probed")
+  monkeypatch.setattr(convert, "guide_init", guide)
   student = gin_utils.model_from_gin("gin/models/tiny_student.gin", ["VOCAB_SIZE = 2048", *STUDENT_BINDINGS])
   blocker = tmp_path / "file"
   blocker.write_text("x")  # nothing can be created below a file (root ignores permission bits)
