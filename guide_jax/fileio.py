@@ -1,7 +1,7 @@
 """One path layer for every file a run reads or writes: local paths and gs:// (etils.epath).
 
     exists(p), isdir(p), listdir(p), makedirs(p), remove(p), rmtree(p), read_text(p), read_bytes(p)
-    read_json_object(p, what, missing=None)                            a JSON object, or one clear error
+    read_json_object(p, what, missing=None), json_object(text, where)  a JSON object, or one clear error
     atomic_open(p, "w"|"wb"), atomic_write_bytes/text/json(p, ...)   whole file or nothing
     create_exclusive(p, data) -> bool                                  create-if-absent
     probe_writable(directory, name)                                    write + read back, before compute
@@ -152,12 +152,17 @@ def read_json_object(path: PathLike, what: str, missing: dict | None = None,
     raise error(f"{what} {os.fspath(path)} does not exist") from e
   except (OSError, UnicodeDecodeError) as e:
     raise error(f"{what} {os.fspath(path)} is unreadable: {e}") from e
+  return json_object(text, f"{what} {os.fspath(path)}", error)
+
+
+def json_object(text: str, where: str, error: type = ValueError) -> dict:
+  """The JSON object `text` holds; `where` (a file, a file:line) names it in the error."""
   try:
     value = json.loads(text)
   except ValueError as e:
-    raise error(f"{what} {os.fspath(path)} is not valid JSON: {e}") from e
+    raise error(f"{where} is not valid JSON: {e}") from e
   if not isinstance(value, dict):
-    raise error(f"{what} {os.fspath(path)} is not a JSON object")
+    raise error(f"{where} is not a JSON object")
   return value
 
 
