@@ -6,9 +6,11 @@ and renames it when complete, so after a kill -9 the latest *listed* step is alw
 checkpoint. meta holds the step, the ModelConfig, the run's settings and a content checksum of
 every array, verified on restore: a bit flipped on disk is an error naming the array and step.
 
-A run holds ONE CheckpointManager (`manager`) for its MODEL_DIR; `resume` is the whole resume
-protocol (the step every process agrees on, the meta check, the restore, dropping later steps),
-as MaxText's checkpointing.load_state_if_possible.
+A run holds ONE CheckpointManager (`manager`) for its MODEL_DIR. Resuming is two calls, as MaxText's
+checkpointing.load_state_if_possible in two halves: `find` (the step every process agrees on,
+restore_step as a one-shot rollback, its meta; no array read), whose Found.check compares the meta
+with the run as each part of the run becomes known, then `resume` (the restore, checksums
+verified, later steps of a rollback dropped, the history of rollbacks and changed settings).
 """
 import dataclasses
 import errno
@@ -26,8 +28,13 @@ from jax.experimental import multihost_utils
 from guide_jax import fileio
 from guide_jax.config import ModelConfig
 
-# Settings a resumed run must share with its checkpoint (CheckpointConfig.allow_changed_run waives).
+# What a resumed run must share with its checkpoint's meta (CheckpointConfig.allow_changed_run
+# waives), compared as each becomes known (Found.check): the settings before any teacher or data is
+# read; the KD teacher's content fingerprint once it is read; the data's identity from its manifest
+# (its tokenizer, every shard's hash) before the shards are hashed.
 RESUME_KEYS = ("data", "seq_len", "batch_size", "seed", "init", "start", "kd_alpha", "kd_tau")
+TEACHER_KEYS = ("kd_teacher",)
+DATA_KEYS = ("tokenizer", "data_sha256")
 # ModelConfig fields that fix the param tree's shapes: a checkpoint differing in one is another model.
 SHAPE_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_dim", "tie_embeddings",
               "position_embedding", "relpos_buckets", "param_dtype", "n_kv_heads", "qkv_bias", "out_bias",
@@ -85,23 +92,28 @@ def manager(model_dir: str, *, keep: int = 2, params_only: bool = False) -> ocp.
   return ocp.CheckpointManager(checkpoint_dir(model_dir), options=options, item_names=items)
 
 
-@jax.jit
-def _fingerprints(leaves):
-  """uint32 content checksum per array: sum over elements of bits(x) * (2i + 1) mod 2^32.
+def array_checksum(x) -> jax.Array:
+  """uint32 content checksum of one array (traceable): sum over elements of bits(x) * (2i + 1)
+  mod 2^32, i the row-major index.
 
   Integer addition mod 2^32 is associative, so the value is the same however the array is
-  sharded (and across processes); any single changed element changes it.
+  sharded (and across processes); any single changed element changes it. One fused reduction:
+  jit it with other per-array passes (teachers.read: with the finiteness check).
   """
-  out = []
-  for x in leaves:
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint32) if x.dtype.itemsize == 4 else \
-        jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-    index = jnp.zeros(x.shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(x.ndim)):
-      index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * jnp.uint32(stride % 2 ** 32)
-      stride *= x.shape[axis]
-    out.append(jnp.sum(bits * (2 * index + 1), dtype=jnp.uint32))
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32) if x.dtype.itemsize == 4 else \
+      jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}")).astype(jnp.uint32)
+  index = jnp.zeros(x.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(x.ndim)):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * jnp.uint32(stride % 2 ** 32)
+    stride *= x.shape[axis]
+  return jnp.sum(bits * (2 * index + 1), dtype=jnp.uint32)
+
+
+@jax.jit
+def _fingerprints(leaves):
+  """array_checksum of every array, [n] uint32."""
+  out = [array_checksum(x) for x in leaves]
   return jnp.stack(out) if out else jnp.zeros((0,), jnp.uint32)
 
 
@@ -210,7 +222,8 @@ def read_meta(model_dir: str, step: Optional[int] = None) -> dict:
   return _read_meta(manager(model_dir), step, model_dir)
 
 
-def _config(meta: dict, where: str):
+def config_from_meta(meta: dict, where: str):
+  """(ModelConfig, step) of a checkpoint's meta dict."""
   try:
     return ModelConfig(**meta["model_config"]), int(meta["step"])
   except (KeyError, TypeError, ValueError) as e:
@@ -219,7 +232,7 @@ def _config(meta: dict, where: str):
 
 def read_config(model_dir: str, step: Optional[int] = None):
   """(ModelConfig, step) of a run's latest (or given) checkpoint, without loading any array."""
-  return _config(read_meta(model_dir, step), model_dir)
+  return config_from_meta(read_meta(model_dir, step), model_dir)
 
 
 def load_params(model_dir: str, mesh=None, step: Optional[int] = None):
@@ -227,7 +240,7 @@ def load_params(model_dir: str, mesh=None, step: Optional[int] = None):
   the config's shardings on `mesh` when given (each process then reads only its own shards)."""
   from guide_jax import sharding  # local: keeps this module light for tools that only read metadata
   mngr = manager(model_dir)
-  config, step = _config(_read_meta(mngr, step, model_dir), model_dir)
+  config, step = config_from_meta(_read_meta(mngr, step, model_dir), model_dir)
   restored = restore(mngr, step, sharding.abstract_params(config, mesh))
   return restored["params"], config
 
@@ -240,11 +253,71 @@ class Restored(NamedTuple):
   opt_state: Any
 
 
+@dataclasses.dataclass
+class Found:
+  """The checkpoint a run resumes from, chosen before any array is read (find()).
+
+  step: the step restored. meta: its meta dict. drop: later steps a first rollback deletes
+  (restore_step older than the latest). history: the run's record of rollbacks and changed
+  settings, this resume's events appended (check(), resume()); every later checkpoint and
+  results.json carry it. changed: {setting: [checkpoint's, this run's]} found by check().
+  """
+  step: int
+  meta: dict
+  where: str
+  allow_changed: bool
+  drop: list
+  history: list
+  changed: dict = dataclasses.field(default_factory=dict)
+
+  def check(self, run_meta: dict, keys, model: Optional[ModelConfig] = None) -> None:
+    """Refuse to resume a checkpoint of another model (when `model` is given) or, unless
+    allow_changed, one whose `keys` of its meta differ from run_meta's (keys absent on either side,
+    e.g. recorded only by newer versions, are not compared). Called once per group of keys, as
+    each becomes known: settings before any teacher or data is read, the KD teacher's content
+    fingerprint once it is read, the data's identity from its manifest before its shards are hashed."""
+    diff = {}
+    if model is not None:
+      defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+      saved_model = {**defaults, **self.meta.get("model_config", {})}  # fields added since: their defaults
+      mine = dataclasses.asdict(model)
+      diff = {k: [saved_model.get(k), mine[k]] for k in mine if saved_model.get(k) != mine[k]}
+      if any(k in diff for k in SHAPE_KEYS):
+        raise ValueError(f"{self.where} holds a checkpoint (step {self.step}) of another model: "
+                         + _describe_changes(diff) + ". Use a new MODEL_DIR for this model.")
+    diff.update({k: [self.meta[k], run_meta[k]] for k in keys
+                 if k in self.meta and k in run_meta and self.meta[k] != run_meta[k]})
+    if diff and not self.allow_changed:
+      raise ValueError(f"{self.where} was started with other settings (step {self.step}): "
+                       + _describe_changes(diff) + ". Resume with the same settings, use a new MODEL_DIR, or "
+                       "set --gin.config.CheckpointConfig.allow_changed_run=True to continue anyway.")
+    if diff:
+      logging.warning("resuming %s with changed settings: %s", self.where, _describe_changes(diff))
+      self.changed.update(diff)
+
+
+def _describe_changes(diff: dict) -> str:
+  return "; ".join(f"{k}: checkpoint {old!r} != this run {new!r}" for k, (old, new) in diff.items())
+
+
+def _rollback_done(mngr: ocp.CheckpointManager, latest: int, restore_step: int) -> bool:
+  """Whether the run whose latest checkpoint is `latest` already rolled back to restore_step (its
+  later steps are then that run's own, made after the rollback). An unreadable latest meta (the
+  reason to roll back, maybe) counts as not done."""
+  try:
+    meta = _read_meta(mngr, latest, mngr.directory)
+  except CheckpointError:
+    return False
+  return any(e.get("event") == "rollback" and e.get("step") == restore_step for e in meta.get("history", ()))
+
+
 def agreed_step(mngr: ocp.CheckpointManager, restore_step: Optional[int] = None) -> Optional[int]:
   """The step this run resumes from (None: a fresh run), the same on every process.
 
-  Read from the listing by process 0 and broadcast, so that every process makes the same choice
-  (e.g. to load no teacher) and compiles the same collectives.
+  restore_step is one-shot: once a run rolled back to it (recorded in its checkpoints' history),
+  a rerun of the same command (after a preemption) continues from the latest step instead of
+  rolling back again. Read from the listing by process 0 and broadcast, so that every process
+  makes the same choice (e.g. to load no teacher) and compiles the same collectives.
   """
   step = -1
   if jax.process_index() == 0:
@@ -252,56 +325,59 @@ def agreed_step(mngr: ocp.CheckpointManager, restore_step: Optional[int] = None)
     if restore_step is not None and not steps:
       raise CheckpointError(f"CheckpointConfig.restore_step={restore_step}, but {os.path.dirname(mngr.directory)} "
                             "holds no checkpoints (a mistyped MODEL_DIR?)")
-    if restore_step is not None:
+    latest = max(steps) if steps else -1
+    if restore_step is not None and latest != restore_step and _rollback_done(mngr, latest, restore_step):
+      logging.warning("CheckpointConfig.restore_step=%d was already applied (recorded in step %d's history): "
+                      "continuing from step %d; drop restore_step from the command", restore_step, latest, latest)
+      step = latest
+    elif restore_step is not None:
       if restore_step not in steps:
         raise CheckpointError(f"CheckpointConfig.restore_step={restore_step} is not a checkpoint "
                               f"of {mngr.directory} (have {sorted(steps)})")
       step = restore_step
-    elif steps:
-      step = max(steps)
+    else:
+      step = latest
   if jax.process_count() > 1:
     step = int(multihost_utils.broadcast_one_to_all(np.int32(step)))
   return None if step < 0 else step
 
 
-def check_meta(meta: dict, model: ModelConfig, run_meta: dict, allow_changed: bool, where: str) -> None:
-  """Refuse to resume a checkpoint written by another model, or (unless allowed) other settings."""
-  step = meta.get("step")
-  defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-  saved_model = {**defaults, **meta.get("model_config", {})}  # fields added since: their defaults
-  mine = dataclasses.asdict(model)
-  diff = [f"{k}: checkpoint {saved_model.get(k)!r} != this run {mine[k]!r}" for k in mine
-          if saved_model.get(k) != mine[k]]
-  if any(saved_model.get(k) != mine[k] for k in SHAPE_KEYS):
-    raise ValueError(f"{where} holds a checkpoint (step {step}) of another model: " + "; ".join(diff)
-                     + ". Use a new MODEL_DIR for this model.")
-  changed = [f"{k}: checkpoint {meta.get(k)!r} != this run {run_meta[k]!r}" for k in RESUME_KEYS
-             if k in meta and k in run_meta and meta.get(k) != run_meta[k]] + diff
-  if changed and not allow_changed:
-    raise ValueError(f"{where} was started with other settings (step {step}): " + "; ".join(changed)
-                     + ". Resume with the same settings, use a new MODEL_DIR, or set "
-                     "CheckpointConfig.allow_changed_run = True to continue anyway.")
-  if changed:
-    logging.warning("resuming %s with changed settings: %s", where, "; ".join(changed))
-
-
-def resume(mngr: ocp.CheckpointManager, state, model: ModelConfig, run_meta: dict, *,
-           restore_step: Optional[int] = None, allow_changed: bool = False,
-           where: str = "MODEL_DIR") -> Optional[Restored]:
-  """The run's restored state, or None when `mngr` holds no checkpoint (a fresh run).
-
-  state: the abstract train state (trainer.AbstractState: sharded ShapeDtypeStructs of params and
-  opt_state). Picks the step every process agrees on (restore_step, else the latest), checks its
-  meta against this run (check_meta), restores onto the shardings (checksums verified) and, when
-  restore_step chose an older step, deletes the later ones: this run continues from there.
-  """
+def find(mngr: ocp.CheckpointManager, *, restore_step: Optional[int] = None, allow_changed: bool = False,
+         where: str = "MODEL_DIR") -> Optional[Found]:
+  """The checkpoint this run resumes from (agreed_step: restore_step, else the latest; the same on
+  every process) and its meta, or None when `mngr` holds none (a fresh run). Reads no array."""
   step = agreed_step(mngr, restore_step)
   if step is None:
     return None
-  check_meta(_read_meta(mngr, step, where), model, run_meta, allow_changed, where)
-  restored = restore(mngr, step, state.params, state.opt_state)
-  for later in sorted(s for s in mngr.all_steps() if s > step):
-    logging.warning("deleting checkpoint step %d of %s: this run continues from step %d", later, where, step)
+  meta = _read_meta(mngr, step, where)
+  drop = sorted(s for s in mngr.all_steps() if s > step)
+  history = list(meta.get("history", []))
+  if drop:
+    history.append({"event": "rollback", "step": step, "dropped": drop})
+  return Found(step, meta, where, allow_changed, drop, history)
+
+
+def tokens_seen(meta: dict, tokens_per_step: int) -> int:
+  """Tokens trained on up to a checkpoint: its recorded count (the true one when a resume changed
+  the batch); for a checkpoint from before it was recorded, step * its own batch_size * seq_len
+  (else this run's tokens_per_step)."""
+  if "tokens_seen" in meta:
+    return int(meta["tokens_seen"])
+  per_step = meta["batch_size"] * meta["seq_len"] if "batch_size" in meta and "seq_len" in meta else tokens_per_step
+  return int(meta["step"]) * int(per_step)
+
+
+def resume(mngr: ocp.CheckpointManager, found: Found, state) -> Restored:
+  """Restore `found` (find(), its settings checked with found.check) onto the shardings of `state`
+  (trainer.AbstractState: sharded ShapeDtypeStructs of params and opt_state), checksums verified;
+  a rollback (restore_step older than the latest) then deletes the later steps, and any settings
+  changed (allow_changed_run) are appended to found.history: this run continues from there."""
+  restored = restore(mngr, found.step, state.params, state.opt_state)
+  if found.changed:
+    found.history.append({"event": "changed", "step": found.step, "settings": found.changed})
+  for later in found.drop:
+    logging.warning("deleting checkpoint step %d of %s: this run rolls back to step %d (restore_step; once: "
+                    "a rerun continues from this run's own later steps)", later, found.where, found.step)
     mngr.delete(later)
-  logging.info("resumed %s at step %d", where, step)
-  return Restored(step, restored["params"], restored["opt_state"])
+  logging.info("resumed %s at step %d", found.where, found.step)
+  return Restored(found.step, restored["params"], restored["opt_state"])

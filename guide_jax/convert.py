@@ -40,8 +40,10 @@ Output (--format):
              scan_layers, load_parameters_path), and for a MaxText teacher
              <output_dir>/maxtext_distill.yml (MaxText's post_train/distillation.yml with
              student_overrides and teacher_overrides). The settings are printed.
-  All also get <output_dir>/guide_info.json (configs, options, explained variance; for an hf
-  teacher its tokenizer's fingerprint, which train checks the data against).
+  All also get <output_dir>/guide_info.json (configs, options, explained variance, the teacher's
+  content fingerprint and, where the teacher records one, the identity of its tokenizer: an hf
+  teacher's own, a guide_jax teacher's data's; a guide_jax output's meta carries it too). train
+  checks its data against it (guide_jax.teachers.tokenizer reads it back, a t5x output's too).
 Every check (flags, output free unless --overwrite, teacher present and complete and matching its
 config, student config valid and no larger than the teacher) runs before any compute or write. The
 output is built in a temporary sibling directory and moved into place when complete.
@@ -63,7 +65,7 @@ from guide_jax.config import BLOCKS, LAYER_SELECTIONS, OTHER_BLOCKS, GuideConfig
 from guide_jax.transforms import guide_init
 
 FORMATS = ("guide_jax", "t5x", "hf", "maxtext")
-INFO_FILE = "guide_info.json"
+INFO_FILE = teachers.GUIDE_INFO
 MODEL_GIN = "model.gin"
 MAXTEXT_YML = "maxtext.yml"
 MAXTEXT_DISTILL_YML = "maxtext_distill.yml"
@@ -207,14 +209,13 @@ def convert(teacher_dir: str, student_config, output_dir: str, *,
   if student_config.vocab_size != found.config.vocab_size:
     raise ValueError(f"teacher/student vocab mismatch: teacher vocab_size {found.config.vocab_size} != "
                      f"student {student_config.vocab_size} ({found.where})")
-  tokenizer = None
-  if found.format == "hf":
+  # The identity of the tokenizer the teacher's ids mean (an hf teacher's own, a guide_jax run's data's,
+  # a converted t5x checkpoint's guide_info.json): the student carries it, train compares it with its data.
+  tokenizer = teachers.tokenizer(found)
+  if output_format == "hf":
     from guide_jax import hf_export  # pylint: disable=g-import-not-at-top
-    from guide_jax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
-    tokenizer = hf_tokenizer.fingerprint(teacher_dir)  # the data must be tokenized by this
-    if output_format == "hf":
-      with open(os.path.join(teacher_dir, "config.json")) as f:
-        hf_export.check_representable(student_config, json.load(f).get("model_type"))
+    hf_export.check_representable(student_config, fileio.read_json_object(
+        os.path.join(teacher_dir, "config.json"), "config.json").get("model_type"))
   if output_format == "maxtext":
     from guide_jax import maxtext_compat  # pylint: disable=g-import-not-at-top
     if maxtext_compat.incompatibilities(student_config):
@@ -229,13 +230,13 @@ def convert(teacher_dir: str, student_config, output_dir: str, *,
   mesh = sharding.make_mesh(model_parallel=jax.device_count())
   logging.info("teacher %s: %s", found.where, found.config)
   logging.info("student: %s", student_config)
-  teacher_params, teacher_config = teachers.load(source, mesh, vocab_size=student_config.vocab_size)
+  teacher_params, teacher_config, identity = teachers.read(found, mesh)  # found: every metadata check done
   params, info = guide_init(teacher_params, teacher_config, student_config, guide, mesh=mesh)
   del teacher_params
   guide_info = {"explained_variance": info.explained_variance, "teacher_layers": list(info.teacher_layers),
                 "guide": dataclasses.asdict(guide), "teacher": found.where, "teacher_format": found.format,
                 "format": output_format, "teacher_config": dataclasses.asdict(teacher_config),
-                "student_config": dataclasses.asdict(student_config)}
+                "student_config": dataclasses.asdict(student_config), "teacher_fingerprint": identity["fingerprint"]}
   if tokenizer is not None:
     guide_info["tokenizer"] = tokenizer
   logging.info("GUIDE: explained variance %.4f, teacher layers %s", info.explained_variance,
@@ -250,7 +251,7 @@ def convert(teacher_dir: str, student_config, output_dir: str, *,
     mngr = checkpoints.manager(output_dir, keep=1, params_only=True)
     checkpoints.save(mngr, 0, params, None, student_config, force=True,
                      extra={"init": "guide", "explained_variance": info.explained_variance,
-                            "teacher": found.where})
+                            "teacher": found.where, **({"tokenizer": tokenizer} if tokenizer else {})})
     mngr.close()
     fileio.atomic_write_json(fileio.join(output_dir, INFO_FILE), guide_info)
     guide_info["output_dir"] = output_dir

@@ -441,7 +441,7 @@ def load_model(source: str, mesh, step: Optional[int] = None):
   """(params placed on mesh, ModelConfig, step) of any guide_jax.teachers source (a guide_jax run
   directory or convert output, a Hugging Face directory; step: a guide_jax checkpoint's, else None)."""
   from guide_jax import teachers  # pylint: disable=g-import-not-at-top
-  params, config = teachers.load(teachers.Source(source, step=step), mesh)
+  params, config, _ = teachers.load(teachers.Source(source, step=step), mesh)
   return params, config, step
 
 

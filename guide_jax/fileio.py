@@ -1,6 +1,7 @@
 """One path layer for every file a run reads or writes: local paths and gs:// (etils.epath).
 
     exists(p), isdir(p), listdir(p), makedirs(p), remove(p), rmtree(p), read_text(p), read_bytes(p)
+    read_json_object(p, what, missing=None), json_object(text, where)  a JSON object, or one clear error
     atomic_open(p, "w"|"wb"), atomic_write_bytes/text/json(p, ...)   whole file or nothing
     create_exclusive(p, data) -> bool                                  create-if-absent
     probe_writable(directory, name)                                    write + read back, before compute
@@ -134,6 +135,35 @@ def read_bytes(path: PathLike) -> bytes:
 
 def read_text(path: PathLike) -> str:
   return as_path(path).read_text(encoding="utf-8")
+
+
+def read_json_object(path: PathLike, what: str, missing: dict | None = None,
+                     error: type = ValueError) -> dict:
+  """The JSON object in file `path` (local or remote). `what` names the file in errors.
+
+  missing: returned (a copy) when the file does not exist; None: a missing file is an error.
+  error: the ValueError subclass raised for a missing, unreadable, non-JSON or non-object file.
+  """
+  try:
+    text = read_text(path)
+  except FileNotFoundError as e:
+    if missing is not None:
+      return dict(missing)
+    raise error(f"{what} {os.fspath(path)} does not exist") from e
+  except (OSError, UnicodeDecodeError) as e:
+    raise error(f"{what} {os.fspath(path)} is unreadable: {e}") from e
+  return json_object(text, f"{what} {os.fspath(path)}", error)
+
+
+def json_object(text: str, where: str, error: type = ValueError) -> dict:
+  """The JSON object `text` holds; `where` (a file, a file:line) names it in the error."""
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    raise error(f"{where} is not valid JSON: {e}") from e
+  if not isinstance(value, dict):
+    raise error(f"{where} is not a JSON object")
+  return value
 
 
 def open_read(path: PathLike, mode: str = "rb") -> IO:

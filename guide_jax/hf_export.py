@@ -1,6 +1,8 @@
 """A student written back as a Hugging Face model of its teacher's family.
 
     write_hf(params, config, teacher_dir, out_dir, dtype="bfloat16", max_shard_size="5GB")
+    write_hf(params, config, None, out_dir, template={"model_type": "llama", ...})  # no teacher
+                                                                                      # (importers.export_llama)
     check_representable(config, family)   # ValueError naming every setting the family lacks
 
 out_dir gets what `transformers.AutoModelForCausalLM.from_pretrained` and
@@ -39,6 +41,7 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
+from guide_jax import fileio
 from guide_jax.config import ModelConfig
 from guide_jax.data import hf_tokenizer
 
@@ -250,18 +253,6 @@ def _hf_config(config: ModelConfig, teacher: Mapping, family: str, dtype: str) -
 
 
 # ----------------------------------------------------------------------------- writing
-def _read_teacher(teacher_dir: str) -> dict:
-  path = os.path.join(teacher_dir, "config.json")
-  try:
-    with open(path, encoding="utf-8") as f:
-      teacher = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f"the teacher's config.json ({path}) is unreadable: {e}") from e
-  if not isinstance(teacher, dict):
-    raise ValueError(f"{path} is not a JSON object")
-  return teacher
-
-
 def _np_dtype(dtype: str):
   if dtype == "float32":
     return np.float32
@@ -270,10 +261,13 @@ def _np_dtype(dtype: str):
   return ml_dtypes.bfloat16
 
 
-def write_hf(params, config: ModelConfig, teacher_dir: str, out_dir: str, *, dtype: str = "bfloat16",
-             max_shard_size="5GB", overwrite: bool = False, extra_files: Optional[Mapping[str, dict]] = None) -> str:
+def write_hf(params, config: ModelConfig, teacher_dir: Optional[str], out_dir: str, *, dtype: str = "bfloat16",
+             max_shard_size="5GB", overwrite: bool = False, extra_files: Optional[Mapping[str, dict]] = None,
+             template: Optional[Mapping] = None) -> str:
   """Writes the student (params {'decoder': ...}, config) as a model of teacher_dir's family.
 
+  teacher_dir None: no teacher (importers.export_llama): config.json starts from `template` (a
+  config.json dict naming model_type) and no tokenizer files are copied.
   extra_files: {name: JSON object} also written into out_dir (e.g. convert's guide_info.json).
   Returns out_dir. Raises ValueError before writing anything when a check fails.
   """
@@ -284,7 +278,10 @@ def write_hf(params, config: ModelConfig, teacher_dir: str, out_dir: str, *, dty
     raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
   if not isinstance(config, ModelConfig):
     raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
-  teacher = _read_teacher(teacher_dir)
+  if (teacher_dir is None) == (template is None):
+    raise ValueError("write_hf needs exactly one of teacher_dir and template")
+  teacher = dict(template) if teacher_dir is None else fileio.read_json_object(
+      os.path.join(teacher_dir, "config.json"), "the teacher's config.json")
   family = teacher.get("model_type")
   check_representable(config, family)
   dec = params.get("decoder") if isinstance(params, Mapping) else None
@@ -297,8 +294,9 @@ def write_hf(params, config: ModelConfig, teacher_dir: str, out_dir: str, *, dty
     raise ValueError(f"output directory {out_dir} already exists" + ("" if overwrite else
                      "; pass --overwrite to replace it"))
   copies = [name for name in (*hf_tokenizer.TOKENIZER_FILES, GENERATION_CONFIG)
-            if os.path.isfile(os.path.join(teacher_dir, name))]
-  if not any(name in copies for name in (hf_tokenizer.TOKENIZER_JSON, hf_tokenizer.SENTENCEPIECE_MODEL)):
+            if teacher_dir is not None and os.path.isfile(os.path.join(teacher_dir, name))]
+  if teacher_dir is not None and not any(name in copies for name in (hf_tokenizer.TOKENIZER_JSON,
+                                                                     hf_tokenizer.SENTENCEPIECE_MODEL)):
     raise ValueError(f"the teacher {teacher_dir} has no tokenizer file ({hf_tokenizer.TOKENIZER_JSON} or "
                      f"{hf_tokenizer.SENTENCEPIECE_MODEL}) to give the student")
 

@@ -46,18 +46,15 @@ Conventions (checked against transformers' modeling_{llama,mistral,qwen2,qwen3,g
   * Gemma multiplies the embeddings by sqrt(d) rounded to the activation dtype (45.25 for d=2048
     in bf16); ours uses the float32 value, i.e. transformers' float32 forward.
 """
-import json
-import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save as safetensors_bytes
 
+from guide_jax import fileio
 from guide_jax.config import ModelConfig
-from guide_jax.data.atomic import atomic_write_bytes, atomic_write_json
 
 Params = Dict[str, Any]
 TIED_MODES = ("keep", "untie")
@@ -137,16 +134,8 @@ def _locate(path: str) -> Tuple[str, Dict[str, str]]:
   return root, files
 
 
-def _read_json(path: str, what: str):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{what} {path} is not valid JSON: {e}") from e
-
-
 def _read_index(index_path: str) -> Dict[str, str]:
-  weight_map = _read_json(index_path, "checkpoint index").get("weight_map")
+  weight_map = fileio.read_json_object(index_path, "checkpoint index").get("weight_map")
   if not isinstance(weight_map, dict) or not weight_map:
     raise ValueError(f"{index_path} has no 'weight_map'")
   root = os.path.dirname(index_path)
@@ -452,9 +441,7 @@ def _plan(path_or_dir, tied_mode: str = "keep"):
   if tied_mode not in TIED_MODES:
     raise ValueError(f"tied_mode must be one of {TIED_MODES}, got {tied_mode!r}")
   root, files = _locate(path_or_dir)
-  hf = _read_json(os.path.join(root, "config.json"), "config.json")
-  if not isinstance(hf, Mapping):
-    raise ValueError(f"config.json {os.path.join(root, 'config.json')} is not a JSON object")
+  hf = fileio.read_json_object(os.path.join(root, "config.json"), "config.json")
   family, fields, _ = read_config(hf)
   headers = _headers(files)
   embed = headers.get("model.embed_tokens.weight")
@@ -525,7 +512,7 @@ def import_hf(path_or_dir, **kwargs) -> Tuple[Params, ModelConfig]:
 
 def _import_family(path_or_dir, families, **kwargs):
   root, _ = _locate(path_or_dir)
-  model_type = _read_json(os.path.join(root, "config.json"), "config.json").get("model_type")
+  model_type = fileio.read_json_object(os.path.join(root, "config.json"), "config.json").get("model_type")
   if model_type not in families:
     raise ValueError(f"unsupported model_type {model_type!r} in config.json; expected {families[0]!r}")
   return load(path_or_dir, **kwargs)
@@ -542,134 +529,24 @@ def import_gemma(path_or_dir, **kwargs) -> Tuple[Params, ModelConfig]:
 
 
 # ----------------------------------------------------------------------------- export
-_HF_ACTS = {"silu": "silu", "gelu": "gelu_pytorch_tanh", "gelu_exact": "gelu", "relu": "relu"}
-
-
-def _hf_rope_scaling(config: ModelConfig):
-  """ModelConfig's RoPE scaling -> config.json's `rope_scaling` (4.x form, read by 5.x too)."""
-  if config.rope_scaling == "linear":
-    return {"rope_type": "linear", "factor": config.rope_scaling_factor}
-  if config.rope_scaling == "llama3":
-    return {"rope_type": "llama3", "factor": config.rope_scaling_factor,
-            "low_freq_factor": config.rope_low_freq_factor,
-            "high_freq_factor": config.rope_high_freq_factor,
-            "original_max_position_embeddings": config.rope_original_max_positions}
-  return None
-
-
 def export_llama(params: Params, config, out_dir, *, max_position_embeddings: int = 2048) -> str:
-  """A Llama-layout model as out_dir/{model.safetensors, config.json} (float32; GQA kept).
+  """A Llama-layout model as out_dir/{model.safetensors, config.json} (float32; GQA kept), with no
+  teacher directory to take config.json and tokenizer files from: guide_jax.hf_export.write_hf (the
+  one writer) from a base Llama config.json, replacing out_dir.
 
-  config: ModelConfig or a dict of its fields; options Llama has no equivalent for (q/k norms,
-  post-norms, soft-caps, sliding windows, Gemma's embedding or norms, biases on only some
-  projections) are refused. Tied models in t5x's layout (embedding_style 't5x': logits y E^T /
-  sqrt(d)) are written with the exact reparametrization E / sqrt(d), out and wo / sqrt(d), eps / d
-  (the residual stream scaled by 1 / sqrt(d), every RMSNorm output unchanged), so the HF forward
-  equals ours; embedding_style 'hf' is written as it is. The attention scale: a query kernel with
-  1/sqrt(l) folded in (query_pre_attn_scalar None) is written * sqrt(l); with
-  query_pre_attn_scalar s, * sqrt(l / s) (1 when s = l, as import_llama sets it). config.json uses the 4.x keys `rope_theta` and `rope_scaling`, which transformers 5.x
-  reads too. Each file is written atomically (guide_jax.data.atomic; the safetensors file is
-  serialized in memory first); stale shards are not removed.
+  config: ModelConfig or a dict of its fields. What a llama config.json cannot express (q/k norms,
+  post-norms, soft-caps, sliding windows, Gemma's embedding, biases on only some projections) is
+  refused; every convention of ours Llama computes differently (t5x's tied output, the attention
+  scale, norm offsets) is folded into the weights exactly (hf_export's docstring). config.json uses
+  the 4.x keys `rope_theta` and `rope_scaling`, which transformers 5.x reads too.
   """
+  from guide_jax import hf_export  # pylint: disable=g-import-not-at-top (huggingface_hub)
+
   if isinstance(config, Mapping):
     try:
       config = ModelConfig(**config)
     except TypeError as e:
       raise ValueError(f"config is not a ModelConfig's fields: {e}") from e
-  d, n, h, l, f, V = (config.d_model, config.n_layers, config.n_heads, config.head_dim,
-                      config.mlp_dim, config.vocab_size)
-  k = config.kv_heads
-  tied = config.tie_embeddings
-  unrepresentable = [f"{name}={getattr(config, name)!r}" for name in
-                     ("qk_norm", "post_norms", "norm_offset", "attn_logit_softcap", "final_logit_softcap",
-                      "sliding_window", "rope_local_theta")
-                     if getattr(config, name) != ModelConfig.__dataclass_fields__[name].default]
-  if config.embedding_style == "gemma":
-    unrepresentable.append("embedding_style='gemma'")
-  if config.qkv_bias != config.out_bias:
-    unrepresentable.append(f"qkv_bias={config.qkv_bias} with out_bias={config.out_bias} (Llama's "
-                           "attention_bias is all four projections or none)")
-  if unrepresentable:
-    raise ValueError("unsupported config for a Llama export: " + ", ".join(unrepresentable))
-  if config.position_embedding != "rope":
-    raise ValueError(f"unsupported config: position_embedding={config.position_embedding!r} "
-                     "(LLaMA uses rope)")
-  act = config.mlp_activation
-  if act not in _HF_ACTS:
-    raise ValueError(f"unsupported config: mlp_activation={act!r}")
-  dec = params.get("decoder") if isinstance(params, Mapping) else None
-  if dec is None:
-    raise ValueError("params has no 'decoder' subtree")
-  expected = {("token_embedder", "embedding"): (V, d), ("decoder_norm", "scale"): (d,)}
-  for i in range(n):
-    lay = f"layers_{i}"
-    expected.update({
-        (lay, "pre_self_attention_layer_norm", "scale"): (d,),
-        (lay, "pre_mlp_layer_norm", "scale"): (d,),
-        (lay, "self_attention", "query", "kernel"): (d, h * l),
-        **{(lay, "self_attention", m, "kernel"): (d, k * l) for m in ("key", "value")},
-        (lay, "self_attention", "out", "kernel"): (h * l, d),
-        (lay, "mlp", "wi_0", "kernel"): (d, f), (lay, "mlp", "wi_1", "kernel"): (d, f),
-        (lay, "mlp", "wo", "kernel"): (f, d)})
-    if config.qkv_bias:
-      expected.update({(lay, "self_attention", "query", "bias"): (h * l,),
-                       (lay, "self_attention", "key", "bias"): (k * l,),
-                       (lay, "self_attention", "value", "bias"): (k * l,),
-                       (lay, "self_attention", "out", "bias"): (d,)})
-  if not tied:
-    expected[("logits_dense", "kernel")] = (d, V)
-  leaves = {}
-  for keys, shape in expected.items():
-    node = dec
-    for key in keys:
-      if not isinstance(node, Mapping) or key not in node:
-        raise ValueError(f"params is missing decoder/{'/'.join(keys)}")
-      node = node[key]
-    leaves[keys] = np.asarray(node, dtype=np.float32)
-    if leaves[keys].shape != shape:
-      raise ValueError(f"decoder/{'/'.join(keys)} has shape {leaves[keys].shape}, expected {shape}")
-
-  eps = float(config.norm_eps)
-  scale = 1.0
-  if tied and config.embedding_style == "t5x":
-    scale, eps = math.sqrt(d), eps / d
-  q_scale = math.sqrt(l) if config.query_pre_attn_scalar is None else math.sqrt(l / config.query_pre_attn_scalar)
-  get = lambda *keys: leaves[keys]
-  inv = np.float32(1.0 / scale)
-  tensors = {"model.embed_tokens.weight": get("token_embedder", "embedding") * inv,
-             "model.norm.weight": get("decoder_norm", "scale")}
-  for i in range(n):
-    lay, p = f"layers_{i}", f"model.layers.{i}."
-    att = lambda m: get(lay, "self_attention", m, "kernel").T
-    tensors.update({
-        p + "input_layernorm.weight": get(lay, "pre_self_attention_layer_norm", "scale"),
-        p + "post_attention_layernorm.weight": get(lay, "pre_mlp_layer_norm", "scale"),
-        p + "self_attn.q_proj.weight": att("query") * np.float32(q_scale),
-        p + "self_attn.k_proj.weight": att("key"),
-        p + "self_attn.v_proj.weight": att("value"),
-        p + "self_attn.o_proj.weight": get(lay, "self_attention", "out", "kernel").T * inv,
-        p + "mlp.gate_proj.weight": get(lay, "mlp", "wi_0", "kernel").T,
-        p + "mlp.up_proj.weight": get(lay, "mlp", "wi_1", "kernel").T,
-        p + "mlp.down_proj.weight": get(lay, "mlp", "wo", "kernel").T * inv})
-    if config.qkv_bias:
-      tensors.update({p + "self_attn.q_proj.bias": get(lay, "self_attention", "query", "bias") * np.float32(q_scale),
-                      p + "self_attn.k_proj.bias": get(lay, "self_attention", "key", "bias"),
-                      p + "self_attn.v_proj.bias": get(lay, "self_attention", "value", "bias"),
-                      p + "self_attn.o_proj.bias": get(lay, "self_attention", "out", "bias") * inv})
-  if not tied:
-    tensors["lm_head.weight"] = get("logits_dense", "kernel").T
-  hf_config = {
-      "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": V,
-      "hidden_size": d, "intermediate_size": f, "num_hidden_layers": n,
-      "num_attention_heads": h, "num_key_value_heads": k, "head_dim": l,
-      "rms_norm_eps": eps, "rope_theta": float(config.rope_theta),
-      "rope_scaling": _hf_rope_scaling(config),
-      "tie_word_embeddings": tied, "hidden_act": _HF_ACTS[act], "attention_bias": config.qkv_bias,
-      "mlp_bias": False, "max_position_embeddings": int(max_position_embeddings),
-      "torch_dtype": "float32"}
-
-  out_dir = os.fspath(out_dir)
-  tensors = {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in tensors.items()}
-  atomic_write_bytes(os.path.join(out_dir, _SINGLE), safetensors_bytes(tensors, metadata={"format": "pt"}))
-  atomic_write_json(os.path.join(out_dir, "config.json"), hf_config)
-  return out_dir
+  template = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+              "max_position_embeddings": int(max_position_embeddings), "torch_dtype": "float32"}
+  return hf_export.write_hf(params, config, None, out_dir, dtype="float32", overwrite=True, template=template)

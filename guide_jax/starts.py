@@ -39,12 +39,13 @@ class Context(NamedTuple):
   """What a start gets. model: the student's ModelConfig. state: trainer.AbstractState (sharded
   ShapeDtypeStructs of the train state). mesh: the run's Mesh. batches: the run's training
   batches (batches.LMBatches: batch(step) -> dict of [B, T] arrays). load_teacher(source) ->
-  (params, ModelConfig): the run's teacher reader (one read per source per run, shared with KD)."""
+  teachers.Teacher(params, config, identity): the run's teacher reader (one read per source per
+  run, shared with KD; train reads a fresh run's teachers before its data)."""
   model: ModelConfig
   state: trainer.AbstractState
   mesh: Mesh
   batches: Any
-  load_teacher: Callable[[Union[str, teachers.Source]], Tuple[Any, ModelConfig]]
+  load_teacher: Callable[[Union[str, teachers.Source]], teachers.Teacher]
 
 
 Start = Callable[[Context], Any]
@@ -86,7 +87,7 @@ def params(model_dir: Optional[str] = None) -> Start:
 
 def _guide(ctx: Context, *, teacher, guide: GuideConfig):
   from guide_jax.transforms import guide_init  # pylint: disable=g-import-not-at-top
-  teacher_params, teacher_config = ctx.load_teacher(teacher)
+  teacher_params, teacher_config, _ = ctx.load_teacher(teacher)
   out, info = guide_init(teacher_params, teacher_config, ctx.model, guide, mesh=ctx.mesh)
   logging.info("GUIDE init from %s: explained variance %.4f, teacher layers %s", teachers.as_source(teacher).path,
                info.explained_variance, list(info.teacher_layers))
@@ -103,7 +104,7 @@ def guide(teacher=None, guide: GuideConfig = GuideConfig()) -> Start:  # pylint:
 
 def _weight_selection(ctx: Context, *, teacher, options: WeightSelectionConfig):
   from guide_jax.transforms import weight_selection as ws  # pylint: disable=g-import-not-at-top
-  teacher_params, teacher_config = ctx.load_teacher(teacher)
+  teacher_params, teacher_config, _ = ctx.load_teacher(teacher)
   return ws.weight_selection_init(teacher_params, teacher_config, ctx.model,
                                   layer_selection=options.layer_selection, mesh=ctx.mesh)
 
@@ -118,7 +119,7 @@ def weight_selection(teacher=None, layer_selection: str = "first_n") -> Start:
 
 def _prune(ctx: Context, *, teacher, prune: PruneConfig):
   from guide_jax.transforms import prune as prune_lib  # pylint: disable=g-import-not-at-top
-  teacher_params, teacher_config = ctx.load_teacher(teacher)
+  teacher_params, teacher_config, _ = ctx.load_teacher(teacher)
   calibration = np.concatenate([ctx.batches.batch(i)[CALIBRATION_FEATURE]
                                 for i in range(prune.calibration_batches)])
   importance = prune_lib.importance(teacher_params, teacher_config, calibration,

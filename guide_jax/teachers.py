@@ -19,9 +19,16 @@ KD), guide_jax.convert and the t5x restore-time function all read teachers throu
 
 load() checks in this order, before any array is read: the source exists and is complete, its
 arrays fit its config, the vocabulary matches (when vocab_size is given). It then reads the arrays
-in shards and runs the one full pass over the teacher, the finiteness check: callers never check
-the teacher again.
+in shards and runs the one full pass over the teacher, the finiteness check, which also gives the
+teacher's content fingerprint (Teacher.identity: what a run records and a resumed KD run compares):
+callers never pass over the teacher again.
+
+tokenizer(found): the identity of the tokenizer a teacher's ids mean, from metadata (a guide_jax
+checkpoint's meta "tokenizer", a Hugging Face directory's own tokenizer files, guide_info.json
+beside a t5x checkpoint that guide_jax.convert wrote), or None where the source records none (a t5x
+checkpoint from t5x): train and convert compare it with the data's (guide_jax.data.hf_tokenizer.check_same).
 """
+import hashlib
 import dataclasses
 import os
 from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
@@ -33,6 +40,9 @@ from jax.sharding import Mesh
 from guide_jax import checkpoints, fileio
 from guide_jax.config import ModelConfig
 from guide_jax.transforms import validate
+
+# What guide_jax.convert writes beside every student it makes (configs, GUIDE's info, the tokenizer).
+GUIDE_INFO = "guide_info.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,12 +76,23 @@ class Described(NamedTuple):
   handle: Any         # the format's own handle for read()
 
 
+class Teacher(NamedTuple):
+  """A loaded teacher: params on their shardings, its ModelConfig, and its identity
+  {"format", "path", "fingerprint" (sha256 over every array's content checksum, from the one
+  finiteness pass), "tokenizer" (tokenizer(), or None)}."""
+  params: Any
+  config: ModelConfig
+  identity: dict
+
+
 class Format(NamedTuple):
   """One teacher format. detect(path) -> bool; describe(source) -> (config, where, handle) from
-  metadata only, raising ValueError naming what is wrong; read(handle, config, mesh) -> params."""
+  metadata only, raising ValueError naming what is wrong; read(handle, config, mesh) -> params;
+  tokenizer(handle) -> the identity of its data's tokenizer, or None where it records none."""
   detect: Callable[[str], bool]
   describe: Callable[[Source], Tuple[ModelConfig, str, Any]]
   read: Callable[[Any, ModelConfig, Optional[Mesh]], Any]
+  tokenizer: Callable[[Any], Optional[dict]]
 
 
 # ------------------------------------------------------------------------------------ guide_jax
@@ -91,6 +112,11 @@ def _guide_jax_read(handle, config: ModelConfig, mesh: Optional[Mesh]):
   del config  # the checkpoint's own
   path, step = handle
   return checkpoints.load_params(path, mesh, step=step)[0]
+
+
+def _guide_jax_tokenizer(handle) -> Optional[dict]:
+  path, step = handle
+  return checkpoints.read_meta(path, step).get("tokenizer")
 
 
 # ------------------------------------------------------------------------------------------ t5x
@@ -122,6 +148,17 @@ def _t5x_read(found, config: ModelConfig, mesh: Optional[Mesh]):
   return checkpoint_io.read_t5x_params(found, config, mesh)
 
 
+def _t5x_tokenizer(found) -> Optional[dict]:
+  """guide_info.json's tokenizer where guide_jax.convert wrote the checkpoint (<dir>/checkpoint_<step>/
+  state beside <dir>/guide_info.json); t5x itself records none."""
+  step_dir = os.path.dirname(found) if os.path.basename(found) == "state" else found
+  for directory in (step_dir, os.path.dirname(step_dir)):
+    info = os.path.join(directory, GUIDE_INFO)
+    if os.path.isfile(info):
+      return fileio.read_json_object(info, "guide_jax.convert's info").get("tokenizer")
+  return None
+
+
 # -------------------------------------------------------------------------------- Hugging Face
 def _hf_detect(path: str) -> bool:
   return (not fileio.is_remote(path) and os.path.isfile(os.path.join(path, "config.json"))
@@ -134,6 +171,14 @@ def _hf_describe(source: Source):
     raise ValueError(f"a Hugging Face teacher ({source.path}) carries its config and has no step: give "
                      "neither a config, a step nor settings")
   return importers.describe(source.path), os.path.abspath(source.path), source.path
+
+
+def _hf_tokenizer(path) -> Optional[dict]:
+  from guide_jax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+  if not any(os.path.isfile(os.path.join(path, n)) for n in (hf_tokenizer.TOKENIZER_JSON,
+                                                            hf_tokenizer.SENTENCEPIECE_MODEL)):
+    return None  # weights only: nothing to compare
+  return hf_tokenizer.fingerprint(path)
 
 
 def _hf_read(path, config: ModelConfig, mesh: Optional[Mesh]):
@@ -169,12 +214,23 @@ def _maxtext_read(handle, config: ModelConfig, mesh: Optional[Mesh]):
   return checkpoint_io.read(items, described, scan, mesh)
 
 
+def _maxtext_tokenizer(handle) -> Optional[dict]:
+  """guide_info.json's tokenizer where guide_jax.convert wrote the checkpoint (<dir>/0/items beside
+  <dir>/guide_info.json); MaxText itself records none."""
+  items = handle[0]
+  for directory in (os.path.dirname(items), os.path.dirname(os.path.dirname(items))):
+    info = os.path.join(directory, GUIDE_INFO)
+    if os.path.isfile(info):
+      return fileio.read_json_object(info, "guide_jax.convert's info").get("tokenizer")
+  return None
+
+
 # Detection tries these in order; a named Source.format skips detection.
 FORMATS = {
-    "maxtext": Format(_maxtext_detect, _maxtext_describe, _maxtext_read),
-    "guide_jax": Format(_guide_jax_detect, _guide_jax_describe, _guide_jax_read),
-    "t5x": Format(_t5x_detect, _t5x_describe, _t5x_read),
-    "hf": Format(_hf_detect, _hf_describe, _hf_read),
+    "maxtext": Format(_maxtext_detect, _maxtext_describe, _maxtext_read, _maxtext_tokenizer),
+    "guide_jax": Format(_guide_jax_detect, _guide_jax_describe, _guide_jax_read, _guide_jax_tokenizer),
+    "t5x": Format(_t5x_detect, _t5x_describe, _t5x_read, _t5x_tokenizer),
+    "hf": Format(_hf_detect, _hf_describe, _hf_read, _hf_tokenizer),
 }
 
 
@@ -208,16 +264,29 @@ def describe(source: Union[str, Source], *, vocab_size: Optional[int] = None) ->
   return Described(config, where, name, handle)
 
 
-def load(source: Union[str, Source], mesh: Optional[Mesh], *, vocab_size: Optional[int] = None):
-  """(params, ModelConfig) of a teacher: every check of describe(), then the arrays read straight
-  onto their logical-axis shardings on `mesh` (each process reads only its own shards; mesh=None:
-  host arrays), then the one full pass over them (finiteness), so callers never re-check."""
-  found = describe(source, vocab_size=vocab_size)
+def tokenizer(found: Described) -> Optional[dict]:
+  """The identity of the tokenizer `found`'s ids mean (module docstring), or None."""
+  return FORMATS[found.format].tokenizer(found.handle)
+
+
+def read(found: Described, mesh: Optional[Mesh]) -> Teacher:
+  """The arrays of a described source read straight onto their logical-axis shardings on `mesh`
+  (each process reads only its own shards; mesh=None: host arrays), then the one full pass over
+  them: finiteness, and in the same pass every array's content checksum (its fingerprint)."""
   params = FORMATS[found.format].read(found.handle, found.config, mesh)
-  validate.check_finite(params, f"teacher params ({found.where})")
+  sums = validate.check_finite(params, f"teacher params ({found.where})", also=checkpoints.array_checksum)
+  fingerprint = hashlib.sha256("".join(f"{k}:{int(v):08x}\n" for k, v in sorted(sums.items())).encode())
   leaves = jax.tree_util.tree_leaves(params)
   mine = sum(s.data.nbytes for x in leaves if isinstance(x, jax.Array) for s in x.addressable_shards
              if s.replica_id == 0)
   logging.info("teacher %s (%s) restored in shards: process %d holds %d of %d bytes", found.where, found.format,
                jax.process_index(), mine, sum(x.nbytes for x in leaves))
-  return params, found.config
+  identity = {"format": found.format, "path": found.where, "fingerprint": fingerprint.hexdigest(),
+              "tokenizer": tokenizer(found)}
+  return Teacher(params, found.config, identity)
+
+
+def load(source: Union[str, Source], mesh: Optional[Mesh], *, vocab_size: Optional[int] = None) -> Teacher:
+  """Teacher(params, ModelConfig, identity): every check of describe(), then read(): the arrays in
+  shards and the one full pass over them (finiteness + fingerprint), so callers never re-check."""
+  return read(describe(source, vocab_size=vocab_size), mesh)

@@ -3,9 +3,17 @@ r"""Pretrain a model (teacher or student), optionally GUIDE-initialized and/or d
   python -m guide_jax.train --gin_file=gin/runs/pretrain.gin --gin_file=gin/models/tiny_student.gin \
       --gin.MODEL_DIR="'runs/student'" --gin.TRAIN_STEPS=300
 
-train() reads: checks -> mesh -> data -> state = resume or start -> loop.
-  resume: MODEL_DIR holds a checkpoint -> its params, optimizer state and step
-    (checkpoints.resume: the step every process agrees on, the meta check, the restore).
+train() reads: checks -> mesh -> resume or start (which) -> teachers -> data -> state -> loop, every
+check before the work that follows it:
+  which: checkpoints.find (metadata only): the step every process agrees on (restore_step a one-shot
+    rollback), its model and settings compared with this run's.
+  teachers: every teacher the run reads (KD's; a fresh run's start's), all metadata checks, then each
+    read once with the one finiteness pass that also gives its content fingerprint (recorded; a
+    resumed KD run's compared) -- before any data is downloaded, tokenized or hashed.
+  data: the manifest first (vocabulary size, tokenizer identity against each teacher's and the
+    checkpoint's, the data's identity), then the shards read and hashed.
+  resume: MODEL_DIR holds a checkpoint -> its params, optimizer state, step and tokens seen
+    (checkpoints.resume: the restore, checksums verified, a rollback's later steps dropped).
   start: otherwise train.start, a guide_jax.starts factory bound in gin (gin/runs/pretrain.gin:
     @starts.random(); gin/guide.gin: @starts.guide(); gin/weight_selection.gin, gin/prune.gin,
     gin/init_params.gin: @starts.params(), e.g. guide_jax.convert's output), with a fresh
@@ -85,29 +93,30 @@ def check_run_args(model: ModelConfig, optimizer, train_steps: int, start, teach
   starts.describe(start)  # made by a starts factory
 
 
-def check_data_tokenizer(tokens, sources) -> None:
-  """Refuse data made with another tokenizer than the one a start/teacher checkpoint records.
+def check_data_tokenizer(data_tokenizer: dict, data_where: str, expected: dict) -> None:
+  """Refuse data made with another tokenizer than the one each teacher or start records.
 
-  sources: run dirs (None skipped) whose checkpoint meta may hold "tokenizer" (convert from a
-  Hugging Face teacher writes it; a run trained on --tokenizer data carries its data's).
+  expected: {what (a teacher, a start's checkpoint): the identity of its data's tokenizer, or None
+  where it records none (a t5x checkpoint from t5x, a run from before tokenizers were recorded):
+  then only the vocabulary size was compared, said in a warning}.
   """
   from guide_jax.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
 
-  for source in filter(None, sources):
-    try:
-      expected = checkpoints.read_meta(source).get("tokenizer")
-    except checkpoints.CheckpointError:  # not a guide_jax run (a t5x / HF teacher): teachers.load checks it
-      continue
-    if expected:
-      hf_tokenizer.check_same(tokens.manifest.get("tokenizer"), expected, f"data {tokens.path}",
-                              f"{source}")
+  for where, recorded in expected.items():
+    if recorded:
+      hf_tokenizer.check_same(data_tokenizer, recorded, f"data {data_where}", where)
+    else:
+      logging.warning("%s records no tokenizer identity: only its vocabulary size could be compared with "
+                      "the data's (%s)", where, data_where)
 
 
 class TrainState(NamedTuple):
-  """What the loop updates (flax lm1b's TrainState): the step reached, params, optimizer state."""
+  """What the loop updates (flax lm1b's TrainState): the step reached, params, optimizer state, and
+  the tokens trained on up to `step` (the true count when a resume changed the batch)."""
   step: int
   params: Any
   opt_state: Any
+  tokens_seen: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,17 +160,23 @@ def _run_dir(model_dir: str, lock_timeout_s: float):
     raise
 
 
-def _teacher_reader(mesh: Mesh, vocab_size: int):
-  """load_teacher(source) -> (params, ModelConfig) for one run: each source read (and checked) once,
-  whether a start or KD asks for it."""
-  read = {}
+class _TeacherReader:
+  """The teachers of one run: each source described (metadata checks) and read once (the finiteness
+  pass + fingerprint), whether a start or KD asks for it. Called as load_teacher(source) -> Teacher."""
 
-  def load_teacher(source):
-    source = teachers.as_source(source)
-    if source not in read:
-      read[source] = teachers.load(source, mesh, vocab_size=vocab_size)
-    return read[source]
-  return load_teacher
+  def __init__(self, mesh: Mesh, vocab_size: int):
+    self._mesh, self._vocab_size, self._read = mesh, vocab_size, {}
+
+  def read_all(self, sources) -> list:
+    """Every source's metadata checked before any is read; then each read. Returns the Teachers."""
+    sources = [teachers.as_source(s) for s in sources]
+    found = {s: teachers.describe(s, vocab_size=self._vocab_size) for s in sources if s not in self._read}
+    for source, described in found.items():
+      self._read[source] = teachers.read(described, self._mesh)
+    return [self._read[s] for s in sources]
+
+  def __call__(self, source) -> teachers.Teacher:
+    return self.read_all([source])[0]
 
 
 def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
@@ -182,6 +197,8 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   check_run_args(model, optimizer, train_steps, start, teacher, data, checkpoint, eval_every, log_every,
                  model_parallel, num_devices)
   init_name, init_options = starts.describe(start)
+  # What every checkpoint and results.json record, and a resume compares (checkpoints.RESUME_KEYS now;
+  # the KD teacher's fingerprint and the data's identity as they become known below).
   run_meta = {"data": data.data_dir or data.corpus, "seq_len": data.seq_len, "batch_size": data.batch_size,
               "seed": seed, "init": init_name, "start": init_options,
               "kd_alpha": teacher.kd_alpha, "kd_tau": teacher.kd_tau}
@@ -195,87 +212,128 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
     raise ValueError(f"BATCH_SIZE {data.batch_size} must divide by the mesh's data axis ({mesh.shape['data']} "
                      f"= devices / model_parallel); set train.num_devices or train.model_parallel")
 
-  # ----------------------------------------------------------------------------- data
-  from guide_jax.data import batches as batches_lib, prepare, prepared  # numpy only (TF only to prepare)
-  data_dir = data.data_dir or prepare.ensure_prepared(data.corpus, data.cache_dir, data.vocab_size)
-  tokens = prepared.load_prepared(data_dir, verify=data.verify_data,
-                                  stage_root=data.cache_dir)  # a gs:// data_dir: staged once
-  if tokens.vocab_size != model.vocab_size:
-    raise ValueError(f"model vocab_size {model.vocab_size} != the data's vocabulary size {tokens.vocab_size} "
-                     f"({data_dir}); bind VOCAB_SIZE = {tokens.vocab_size}")
-  start_source = start.keywords.get("model_dir") or starts.teacher_of(start)
-  check_data_tokenizer(tokens, [s for s in (start_source, teacher.teacher_dir if teacher.kd_alpha > 0 else None)
-                                if isinstance(s, str)])
-  if tokens.manifest.get("tokenizer"):
-    run_meta["tokenizer"] = tokens.manifest["tokenizer"]  # checkpoints record it (export checks it)
-  for split, stream in (("train", tokens.train), ("validation", tokens.validation)):
-    if stream.size < data.seq_len + 1:
-      raise ValueError(f"{data_dir} {split} has {stream.size} tokens, fewer than one row of {data.seq_len + 1}")
-  batches = batches_lib.LMBatches(tokens.train, data.seq_len, data.batch_size, seed=seed)
-  feed = sharding.data_slice(mesh)  # which rows of each global batch this process feeds
-  eval_batches = lambda: itertools.islice(batches_lib.eval_batches(
-      tokens.validation, data.seq_len, data.batch_size, *feed), data.eval_max_batches)
-
-  # ----------------------------------------------------------------------------- state: resume or start
   with _run_dir(model_dir, checkpoint.lock_timeout_s) as lease:
-    abstract = trainer.abstract_state(model, optimizer, mesh)
+    # --------------------------------------------------------------------------- resume or start: which
     if jax.process_index() == 0:
       checkpoints.skip_incomplete_steps(model_dir)  # empty / interrupted step dirs: named, set aside
     mngr = checkpoints.manager(model_dir, keep=checkpoint.keep)
-    restored = checkpoints.resume(mngr, abstract, model, run_meta, restore_step=checkpoint.restore_step,
-                                  allow_changed=checkpoint.allow_changed_run, where=model_dir)
-    load_teacher = _teacher_reader(mesh, model.vocab_size)
-    teacher_params, teacher_config = load_teacher(teacher.teacher_dir) if teacher.kd_alpha > 0 else (None, None)
-    if restored is not None:
-      state = TrainState(*restored)
+    found = checkpoints.find(mngr, restore_step=checkpoint.restore_step, allow_changed=checkpoint.allow_changed_run,
+                             where=model_dir)  # metadata only
+    if found is not None:  # the model and settings, before any teacher or data is read
+      found.check(run_meta, checkpoints.RESUME_KEYS, model)
+
+    # --------------------------------------------------------------------------- teachers, before any data work
+    load_teacher = _TeacherReader(mesh, model.vocab_size)
+    roles = {"kd": teacher.teacher_dir if teacher.kd_alpha > 0 else None,
+             "start": starts.teacher_of(start) if found is None else None}  # a resume reads no start teacher
+    roles = {role: source for role, source in roles.items() if source is not None}
+    read = dict(zip(roles, load_teacher.read_all(roles.values())))  # all metadata, then each read once
+    recorded = dict(found.meta.get("teachers", {})) if found is not None else {}
+    recorded.update({role: t.identity for role, t in read.items()})
+    if recorded:
+      run_meta["teachers"] = recorded  # which teachers (content fingerprints): results.json and every checkpoint
+    if "kd" in read:
+      run_meta["kd_teacher"] = read["kd"].identity["fingerprint"]
+      if found is not None:
+        found.check(run_meta, checkpoints.TEACHER_KEYS)
+
+    # --------------------------------------------------------------------------- data
+    from guide_jax.data import batches as batches_lib, prepare, prepared  # numpy only (TF only to prepare)
+    data_dir = data.data_dir or prepare.ensure_prepared(data.corpus, data.cache_dir, data.vocab_size)
+    manifest = prepared.read_manifest(data_dir)  # the data's identity, before its shards are read and hashed
+    if manifest["vocab_size"] != model.vocab_size:
+      raise ValueError(f"model vocab_size {model.vocab_size} != the data's vocabulary size {manifest['vocab_size']} "
+                       f"({data_dir}); bind VOCAB_SIZE = {manifest['vocab_size']}")
+    run_meta["tokenizer"] = prepared.tokenizer_identity(manifest)  # checkpoints record it (starts, KD, export check it)
+    run_meta["data_sha256"] = prepared.manifest_sha256(manifest)
+    expected = {f"teacher {t.identity['path']}": t.identity["tokenizer"] for t in read.values()}
+    params_start = start.keywords.get("model_dir") if found is None else None
+    if params_start:
+      expected[f"the start {params_start}"] = checkpoints.read_meta(params_start).get("tokenizer")
+    check_data_tokenizer(run_meta["tokenizer"], data_dir, expected)
+    if found is not None:
+      found.check(run_meta, checkpoints.DATA_KEYS)
+    tokens = prepared.load_prepared(data_dir, verify=data.verify_data,
+                                    stage_root=data.cache_dir)  # a gs:// data_dir: staged once
+    for split, stream in (("train", tokens.train), ("validation", tokens.validation)):
+      if stream.size < data.seq_len + 1:
+        raise ValueError(f"{data_dir} {split} has {stream.size} tokens, fewer than one row of {data.seq_len + 1}")
+    batches = batches_lib.LMBatches(tokens.train, data.seq_len, data.batch_size, seed=seed)
+    feed = sharding.data_slice(mesh)  # which rows of each global batch this process feeds
+    eval_batches = lambda: itertools.islice(batches_lib.eval_batches(
+        tokens.validation, data.seq_len, data.batch_size, *feed), data.eval_max_batches)
+
+    # --------------------------------------------------------------------------- state: resume or start
+    abstract = trainer.abstract_state(model, optimizer, mesh)
+    tokens_per_step = data.batch_size * data.seq_len
+    if found is not None:
+      restored = checkpoints.resume(mngr, found, abstract)
+      state = TrainState(restored.step, restored.params, restored.opt_state,
+                         checkpoints.tokens_seen(found.meta, tokens_per_step))
+      if found.history:
+        run_meta["history"] = found.history  # rollbacks and changed settings, in every later checkpoint
     else:
       params = start(starts.Context(model, abstract, mesh, batches, load_teacher))
-      state = TrainState(0, params, trainer.init_opt_state(abstract, optimizer, params))
-    del load_teacher  # the start's teacher (unless KD's) is freed here
+      state = TrainState(0, params, trainer.init_opt_state(abstract, optimizer, params), 0)
+    kd = read.get("kd")
+    del load_teacher, read  # the start's teacher (unless KD's) is freed here
 
     # --------------------------------------------------------------------------- compile, loop
     run = Run(model_dir=model_dir, model=model, mesh=mesh, mngr=mngr,
-              train_step=trainer.make_train_step(model, optimizer, mesh, abstract, teacher_config=teacher_config,
+              train_step=trainer.make_train_step(model, optimizer, mesh, abstract,
+                                                 teacher_config=kd.config if kd else None,
                                                  alpha=teacher.kd_alpha, tau=teacher.kd_tau),
-              eval_step=trainer.make_eval_step(model, mesh), teacher_params=teacher_params, batches=batches,
-              eval_batches=eval_batches, feed=feed, train_steps=train_steps, stop_after=stop_after,
-              eval_every=eval_every, log_every=log_every, save_every=checkpoint.save_every,
-              tokens_per_step=data.batch_size * data.seq_len, run_meta=run_meta, lease=lease)
+              eval_step=trainer.make_eval_step(model, mesh), teacher_params=kd.params if kd else None,
+              batches=batches, eval_batches=eval_batches, feed=feed, train_steps=train_steps,
+              stop_after=stop_after, eval_every=eval_every, log_every=log_every, save_every=checkpoint.save_every,
+              tokens_per_step=tokens_per_step, run_meta=run_meta, lease=lease)
+    del kd
     return _loop(run, state)
 
 
 class _Preemption:
-  """SIGTERM (a preempted VM, a sweep's time budget, a killed sweep) -> finish the step, save a
-  checkpoint, return unfinished: the same command resumes. All processes stop at the same step."""
+  """SIGTERM (a preempted VM, a sweep's time budget, a killed sweep) or Ctrl-C (SIGINT) -> finish
+  the step, save a checkpoint, return unfinished (exit 75): the same command resumes, at most the
+  step under way is lost. A second Ctrl-C interrupts at once (KeyboardInterrupt, nothing saved).
+  All processes stop at the same step."""
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested, self._old = False, None
+    self.requested, self._old = None, {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, self._handle)
+      self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if self.requested == signal.SIGINT and signum == signal.SIGINT:  # asked twice: stop now
+      signal.signal(signal.SIGINT, self._old.get(signal.SIGINT, signal.default_int_handler))
+      raise KeyboardInterrupt
+    self.requested = self.requested or signum
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for s, old in self._old.items():
+      signal.signal(s, old)
     return False
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.requested).name if self.requested else "stop"
 
   def stop(self, step: int, every: int) -> bool:
     if jax.process_count() == 1:
-      return self.requested
+      return bool(self.requested)
     if step % every:  # processes agree only at log steps (one tiny all-gather)
       return False
-    return bool(np.max(multihost_utils.process_allgather(np.int32(self.requested))))
+    return bool(np.max(multihost_utils.process_allgather(np.int32(bool(self.requested)))))
 
 
 def _loop(run: Run, state: TrainState) -> dict:
   """The training loop: steps, logs, evals, checkpoints, the NaN guard, results.json."""
   mesh, params, opt_state, start = run.mesh, state.params, state.opt_state, state.step
+  tokens_seen = lambda at: state.tokens_seen + (at - start) * run.tokens_per_step  # true across batch changes
   writer = metrics.Writer(run.model_dir, resume_step=start or None)  # replayed steps replace their records
   results_path = fileio.join(run.model_dir, "results.json")
 
@@ -331,9 +389,11 @@ def _loop(run: Run, state: TrainState) -> dict:
         if run.lease is not None:
           run.lease.check()  # taken over by another run: never overwrite its checkpoints
         writer.flush()
-        checkpoints.save(run.mngr, step, params, opt_state, run.model, extra=run.run_meta, force=True)
+        checkpoints.save(run.mngr, step, params, opt_state, run.model, force=True,
+                         extra={**run.run_meta, "tokens_seen": tokens_seen(step)})
       if stopping:
-        logging.warning("SIGTERM: saved step %d of %s; rerun the same command to resume", step, run.model_dir)
+        logging.warning("%s: saved step %d of %s; rerun the same command to resume", preemption.name, step,
+                        run.model_dir)
         break
   writer.close()
 
@@ -343,7 +403,7 @@ def _loop(run: Run, state: TrainState) -> dict:
   if eval_result is None:  # resumed at the last step
     eval_result = trainer.evaluate(run.eval_step, params, run.eval_batches(), mesh)
   result = {"step": step, "finished": True, "eval_loss": eval_result["loss"], "eval_ppl": eval_result["ppl"],
-            "model_config": dataclasses.asdict(run.model), "tokens_seen": step * run.tokens_per_step,
+            "model_config": dataclasses.asdict(run.model), "tokens_seen": tokens_seen(step),
             **run.run_meta}
   if jax.process_index() == 0:
     fileio.atomic_write_json(results_path, result)

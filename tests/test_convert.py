@@ -69,3 +69,15 @@ def test_init_params_dir_of_another_model_fails_before_writing(tmp_path, teacher
   with pytest.raises(ValueError, match="starts.params: .* holds a .* checkpoint, not this run's"):
     run_train(MICRO + ["gin/init_params.gin"], micro_bindings(tmp_path / "run", INIT_PARAMS_DIR=repr(str(teacher))))
   assert not (tmp_path / "run").exists()
+
+
+def test_case13_convert_into_an_unwritable_location_fails_before_any_compute(tmp_path, teacher, monkeypatch):
+  """Issue 26 case 13. Before: GUIDE was computed first, then a raw OSError at the write."""
+  def guide(*args, **kwargs):
+    raise AssertionError("GUIDE computed before the output was probed")
+  monkeypatch.setattr(convert, "guide_init", guide)
+  student = gin_utils.model_from_gin("gin/models/tiny_student.gin", ["VOCAB_SIZE = 2048", *STUDENT_BINDINGS])
+  blocker = tmp_path / "file"
+  blocker.write_text("x")  # nothing can be created below a file (root ignores permission bits)
+  with pytest.raises(ValueError, match=f"output_dir {blocker / 'out'} is not writable"):
+    convert.convert(str(teacher), student, str(blocker / "out"))

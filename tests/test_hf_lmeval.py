@@ -23,7 +23,8 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
-from guide_jax import evaluate, hf_tokenizer, importers, model, sharding  # noqa: E402
+from guide_jax import evaluate, importers, model, sharding  # noqa: E402
+from guide_jax.data import hf_tokenizer  # noqa: E402
 from guide_jax.config import ModelConfig  # noqa: E402
 from guide_jax.corpora import corpus, vocab as vocab_lib  # noqa: E402
 

@@ -442,7 +442,7 @@ def test_errors(tmp_path):
   _expect("missing checkpoint shard .*model-00002-of-00002", importers.import_llama, sharded)
 
 
-def test_int8_truncated_and_non_json_name_the_problem_and_path(tmp_path):
+def test_case07_case17_int8_truncated_and_non_json_name_the_problem_and_path(tmp_path):
   cfg = fixture_config("v4/llama_gqa_theta")
   t = hf_tensors(cfg)
   int8 = dict(t, **{"model.layers.0.mlp.down_proj.weight": t["model.layers.0.mlp.down_proj.weight"].astype(np.int8)})

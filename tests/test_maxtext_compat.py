@@ -151,12 +151,12 @@ def test_written_checkpoint_reads_back_in_shards(tmp_path, scan, rope_type):
     assert json.load(f)["custom_metadata"] == {"scan_layers": scan}
   assert {k: s for k, (s, _) in checkpoint_io.tree_metadata(items).items()} == layout.param_shapes(config, scan)
   mesh = sharding.make_mesh(model_parallel=2)
-  got, got_config = teachers.load(teachers.Source(items, settings=settings), mesh)
+  got, got_config, _ = teachers.load(teachers.Source(items, settings=settings), mesh)
   assert got_config == config
   assert_same(got, params)
   for a, sh in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(sharding.param_shardings(config, mesh))):
     assert a.sharding == sh
-  host, _ = teachers.load(teachers.Source(items, "maxtext", settings=settings), None)
+  host, _, _ = teachers.load(teachers.Source(items, "maxtext", settings=settings), None)
   assert_same(host, params)
 
 
@@ -247,7 +247,7 @@ def test_convert_format_maxtext(tmp_path, capsys):
   assert distill["teacher_overrides"]["load_parameters_path"] == items
   assert distill["teacher_overrides"]["rope_type"] == "llama3.1" and distill["teacher_overrides"]["scan_layers"]
   assert distill["student_overrides"]["load_parameters_path"] == student["load_parameters_path"]
-  back, back_config = teachers.load(teachers.Source(out, settings=os.path.join(out, "maxtext.yml")), None)
+  back, back_config, _ = teachers.load(teachers.Source(out, settings=os.path.join(out, "maxtext.yml")), None)
   assert back_config == configs.model_config(student).config
   with pytest.raises(ValueError, match="already holds 0, maxtext.yml"):
     convert.convert(items, lambda t: t.replace(n_layers=1), out, output_format="maxtext", teacher_settings=settings)

@@ -1,5 +1,10 @@
 """Nothing lost, nothing half-written, one clear error: checksums, the NaN guard, the run lock,
-resume checks, teacher checks on every path, a full disk, unknown gin macros, sweep children."""
+resume checks, teacher checks on every path, a full disk, unknown gin macros, sweep children.
+
+Issue 26's cases, one test each (grep `case<NN>`): 01, 10, 11, 12, 15, 16 and 17 (gin) in
+tests/test_checks.py; 05 in test_checks.py (optimizer settings); 07 and 17 (HF files) in
+tests/test_importers.py; 08 in tests/test_tokenize_text.py; 13 in tests/test_convert.py; the others here.
+"""
 import errno
 import json
 import os
@@ -16,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from guide_jax import checkpoints, metrics, model, runlock, train as train_lib
+from guide_jax import checkpoints, convert, metrics, model, runlock, teachers, train as train_lib
 from guide_jax.config import ModelConfig
 from guide_jax.transforms import guide_init
 from test_train import MICRO, REPO, micro_bindings, run_train
@@ -26,7 +31,7 @@ def _meta_path(model_dir, step):
   return os.path.join(str(model_dir), "checkpoints", str(step), "meta", "metadata")
 
 
-def test_checksum_mismatch_names_array_and_step_and_older_step_restores(tmp_path):
+def test_case14_checksum_mismatch_names_array_and_step_and_older_step_restores(tmp_path):
   run_train(MICRO, micro_bindings(tmp_path, steps=20, **{"config.CheckpointConfig.save_every": 10,
                                                           "config.CheckpointConfig.keep": 3}))
   path = _meta_path(tmp_path, 20)
@@ -35,9 +40,20 @@ def test_checksum_mismatch_names_array_and_step_and_older_step_restores(tmp_path
   meta["checksums"]["params"][key] = "deadbeef"  # what a flipped bit on disk looks like to restore
   json.dump(meta, open(path, "w"))
   with pytest.raises(ValueError, match=r"checkpoint step 20 .*params/.*does not match its saved checksum.*"
-                                       r"restore_step.*\[10\]"):
+                                       r"restore an older step with --gin.config.CheckpointConfig.restore_step=10 "
+                                       r"\(available: \[10\]\)"):
     run_train(MICRO, micro_bindings(tmp_path, steps=30))
-  # The way out the message names: resume from the older step.
+  # A truncated array file and unreadable metadata name the same way out (before: no older-step hint).
+  hint = r"restore an older step with --gin.config.CheckpointConfig.restore_step=10 \(available: \[10\]\)"
+  manifest = tmp_path / "checkpoints" / "20" / "opt_state" / "manifest.ocdbt"
+  manifest.write_bytes(manifest.read_bytes()[:manifest.stat().st_size // 2])
+  with pytest.raises(checkpoints.CheckpointError, match=r"checkpoint step 20 .* is corrupt or incomplete.*" + hint):
+    run_train(MICRO, micro_bindings(tmp_path, steps=30))
+  with open(path, "w") as f:
+    f.write("{not json")
+  with pytest.raises(checkpoints.CheckpointError, match=r"checkpoint step 20 .* has unreadable metadata.*" + hint):
+    run_train(MICRO, micro_bindings(tmp_path, steps=30))
+  # The way out the messages name: resume from the older step.
   result = run_train(MICRO, micro_bindings(tmp_path, steps=30, **{"config.CheckpointConfig.restore_step": 10}))
   assert result["finished"] and result["step"] == 30
 
@@ -314,9 +330,11 @@ sweep.sweep.arms = {{'baseline': []}}
     pytest.fail("the training child outlived its killed sweep")
 
 
-def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
-  """A preempted VM or a sweep's time budget: SIGTERM -> the step finishes, is saved, exit 75
-  (EX_TEMPFAIL: saved, not finished; launch/tpu_run.sh --restart_on_preemption reruns on it)."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_case18_sigterm_or_ctrl_c_saves_exits_75_and_the_same_command_resumes(tmp_path, sig):
+  """A preempted VM or a sweep's time budget (SIGTERM), or Ctrl-C (SIGINT; before: a traceback,
+  nothing saved): the step finishes, is saved, exit 75 (EX_TEMPFAIL: saved, not finished;
+  launch/tpu_run.sh --restart_on_preemption reruns on it)."""
   bindings = micro_bindings(tmp_path, steps=100000, **{"config.CheckpointConfig.save_every": 100000})
   cmd = [sys.executable, "-m", "guide_jax.train"] + [f"--gin_file={f}" for f in MICRO] + [
       f"--gin_bindings={b}" for b in bindings]
@@ -324,11 +342,163 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
   deadline = time.time() + 120
   while time.time() < deadline and len(metrics.read_metrics(str(tmp_path), "train")) < 3:
     time.sleep(0.3)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(sig)
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == train_lib.EXIT_NOT_FINISHED == 75, err[-2000:]
   saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
-  assert len(saved) == 1 and saved[0] >= 3 and "SIGTERM: saved step" in err
+  assert len(saved) == 1 and saved[0] >= 3 and f"{sig.name}: saved step" in err
   assert not (tmp_path / "results.json").exists()
   result = run_train(MICRO, micro_bindings(tmp_path, steps=saved[0] + 2))
   assert result["finished"] and result["step"] == saved[0] + 2
+
+
+# ------------------------------------------------------------------------------ issue 26, cases 2-9
+@pytest.fixture(scope="module")
+def micro_teacher(tmp_path_factory):
+  """A teacher of the micro student's own shape, trained 2 steps on the built-in data."""
+  path = tmp_path_factory.mktemp("micro_teacher")
+  run_train(MICRO, micro_bindings(path, steps=2))
+  return path
+
+
+def _other_tokenizer(path):
+  """Re-prepares prepared dir `path` in place as another tokenizer of the same vocabulary size would:
+  the vocabulary's normal pieces permuted (vocab.model rewritten) and every id mapped to match, so
+  the text is the same and the ids are not. Hashes and the manifest updated: intact, other data."""
+  from guide_jax import fileio
+  from guide_jax.data import prepared
+  from sentencepiece import sentencepiece_model_pb2
+  manifest = json.loads((path / prepared.MANIFEST).read_text())
+  vocab = path / manifest["vocab"]["file"]
+  proto = sentencepiece_model_pb2.ModelProto()
+  proto.ParseFromString(vocab.read_bytes())
+  normal = np.array([i for i, p in enumerate(proto.pieces) if p.type == p.NORMAL])
+  perm = np.arange(len(proto.pieces))  # the new id of old id i
+  perm[normal] = np.random.default_rng(0).permutation(normal)
+  old = [type(p)() for p in proto.pieces]
+  for copy, piece in zip(old, proto.pieces):
+    copy.CopyFrom(piece)
+  for i, piece in enumerate(old):
+    proto.pieces[int(perm[i])].CopyFrom(piece)
+  vocab.write_bytes(proto.SerializeToString())
+  manifest["vocab"]["sha256"] = fileio.sha256_file(str(vocab))
+  for split in manifest["splits"].values():
+    for shard in split["shards"]:
+      file = path / shard["file"]
+      np.save(file, perm[np.load(file)].astype(np.load(file, mmap_mode="r").dtype))
+      shard.update(sha256=fileio.sha256_file(str(file)), bytes=file.stat().st_size)
+    split["max_id"] = int(perm.max())
+  (path / prepared.MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_case02_restore_step_is_a_one_shot_rollback(tmp_path):
+  """Before: restore_step=10 left in a preemptible job's command rolled back to 10 on every rerun,
+  deleting the steps it had made since (a job that never got past it)."""
+  run_train(MICRO, micro_bindings(tmp_path, steps=15, **{"config.CheckpointConfig.save_every": 5,
+                                                         "config.CheckpointConfig.keep": 5}))
+  (tmp_path / "results.json").unlink()
+  rollback = micro_bindings(tmp_path, steps=30, **{"config.CheckpointConfig.save_every": 5, "train.train.stop_after": 4,
+                                                   "config.CheckpointConfig.restore_step": 10})
+  steps = lambda: sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+  assert run_train(MICRO, rollback)["step"] == 14  # rolled back to 10 (step 15 dropped), 4 steps, preempted
+  assert steps() == [10, 14]  # keep=2
+  assert run_train(MICRO, rollback)["step"] == 18  # the same command again: continues from its own step 14
+  assert steps() == [15, 18]
+  assert run_train(MICRO, rollback)["step"] == 22  # and again, with step 10 itself gone (keep)
+  history = checkpoints.read_meta(str(tmp_path))["history"]
+  assert history == [{"event": "rollback", "step": 10, "dropped": [15]}]
+
+
+def test_case03_resuming_kd_with_another_teacher_or_retokenized_data_is_refused(tmp_path, micro_teacher):
+  """Before: another TEACHER_DIR (same shape, other weights) or DATA_DIR re-prepared with another
+  tokenizer at the same path resumed without a word, and results.json named no teacher."""
+  other = tmp_path / "other_teacher"  # the same shape, other weights
+  shutil.copytree(micro_teacher, other)
+  params, config = checkpoints.load_params(str(other))
+  checkpoints.save(checkpoints.manager(str(other), params_only=True), 3,
+                   jax.tree_util.tree_map(lambda x: np.asarray(x) * 1.01, params), None, config, force=True,
+                   extra={"tokenizer": checkpoints.read_meta(str(micro_teacher))["tokenizer"]})
+  kd = lambda teacher, **extra: run_train(MICRO + ["gin/kd.gin"], micro_bindings(
+      tmp_path / "kd", steps=4, TEACHER_DIR=repr(str(teacher)), **extra))
+  kd(micro_teacher, **{"train.train.stop_after": 2})
+  with pytest.raises(ValueError, match=r"started with other settings \(step 2\): kd_teacher: checkpoint "
+                                       r"'[0-9a-f]{64}' != this run '[0-9a-f]{64}'"):
+    kd(other)
+  result = kd(other, **{"config.CheckpointConfig.allow_changed_run": True})
+  fingerprint = teachers.load(str(other), None).identity["fingerprint"]
+  assert result["finished"] and result["teachers"]["kd"]["fingerprint"] == result["kd_teacher"] == fingerprint
+  assert result["history"][0]["settings"]["kd_teacher"][1] == fingerprint
+  assert json.loads((tmp_path / "kd" / "results.json").read_text())["data_sha256"] == result["data_sha256"]
+
+  data, _ = _prepared_copy(tmp_path)
+  plain = lambda **extra: run_train(MICRO, micro_bindings(tmp_path / "plain", steps=4, DATA_DIR=repr(str(data)),
+                                                          **extra))
+  plain(**{"train.train.stop_after": 2})
+  _other_tokenizer(data)  # re-prepared at the same path with another tokenizer of the same size
+  with pytest.raises(ValueError, match=r"started with other settings \(step 2\): tokenizer: checkpoint .*"
+                                       r"'sha256': '[0-9a-f]{64}'.* != this run .*data_sha256"):
+    plain()
+
+
+def test_case04_a_teacher_of_another_tokenizer_with_the_same_vocab_size_is_refused(tmp_path, micro_teacher):
+  """Before: only vocab_size was compared, so GUIDE / KD from a teacher whose ids mean other tokens
+  trained on. Every teacher checkpoint carries its data's tokenizer identity (a guide_jax run, and
+  what convert writes from it: guide_jax and t5x), compared with the run's data."""
+  from guide_jax.data import hf_tokenizer
+  data, _ = _prepared_copy(tmp_path)
+  _other_tokenizer(data)
+  recorded = checkpoints.read_meta(str(micro_teacher))["tokenizer"]
+  assert recorded["kind"] == "vocab_file" and recorded["vocab_size"] == 2048
+  model_dir = tmp_path / "run"
+  for files in (["gin/guide.gin"], ["gin/kd.gin"]):
+    with pytest.raises(hf_tokenizer.TokenizerError, match=f"data {data} was tokenized by another tokenizer than "
+                                                          f"teacher .*{micro_teacher}.*sha256"):
+      run_train(MICRO + files, micro_bindings(model_dir, steps=2, TEACHER_DIR=repr(str(micro_teacher)),
+                                              DATA_DIR=repr(str(data))))
+    assert not model_dir.exists()
+  config = checkpoints.read_config(str(micro_teacher))[0]
+  for fmt in ("guide_jax", "t5x"):
+    out = convert.convert(str(micro_teacher), config, str(tmp_path / fmt), output_format=fmt)["output_dir"]
+    found = teachers.describe(teachers.Source(out, config=config if fmt == "t5x" else None))
+    assert teachers.tokenizer(found) == recorded
+  with pytest.raises(hf_tokenizer.TokenizerError, match=f"another tokenizer than the start {tmp_path / 'guide_jax'}"):
+    run_train(MICRO + ["gin/init_params.gin"], micro_bindings(model_dir, steps=2, DATA_DIR=repr(str(data)),
+                                                              INIT_PARAMS_DIR=repr(str(tmp_path / "guide_jax"))))
+
+
+def test_case06_a_changed_batch_counts_true_tokens_and_records_the_change(tmp_path):
+  """Before: BATCH_SIZE 4 -> 2 at step 4 (allow_changed_run) reported 8 x 2 x 32 tokens seen."""
+  run_train(MICRO, micro_bindings(tmp_path, steps=8, **{"train.train.stop_after": 4}))
+  result = run_train(MICRO, micro_bindings(tmp_path, steps=8, BATCH_SIZE=2, **{
+      "config.CheckpointConfig.allow_changed_run": True}))
+  assert result["finished"] and result["tokens_seen"] == 4 * 4 * 32 + 4 * 2 * 32
+  history = [{"event": "changed", "step": 4, "settings": {"batch_size": [4, 2]}}]
+  assert result["history"] == history
+  meta = checkpoints.read_meta(str(tmp_path))
+  assert (meta["step"], meta["tokens_seen"], meta["history"]) == (8, result["tokens_seen"], history)
+
+
+def test_case09_every_teacher_check_comes_before_any_data_work(tmp_path, micro_teacher, monkeypatch):
+  """Before: a NaN or wrong-vocabulary teacher was refused only after the corpus was downloaded,
+  tokenized and hashed. Now the data code is never reached."""
+  from guide_jax.data import prepare, prepared
+
+  def data_work(*args, **kwargs):
+    raise AssertionError("data work before the teacher checks")
+  for module, name in ((prepare, "ensure_prepared"), (prepared, "read_manifest"), (prepared, "load_prepared")):
+    monkeypatch.setattr(module, name, data_work)
+  nan = tmp_path / "nan"
+  params, config = checkpoints.load_params(str(micro_teacher))
+  params = jax.tree_util.tree_map(np.array, params)
+  params["decoder"]["layers_0"]["mlp"]["wo"]["kernel"][1, 2] = np.nan
+  checkpoints.save(checkpoints.manager(str(nan), params_only=True), 0, params, None, config, force=True)
+  wide = tmp_path / "wide"  # another vocabulary
+  wide_config = config.replace(vocab_size=4096)
+  checkpoints.save(checkpoints.manager(str(wide), params_only=True), 0,
+                   model.init_params(wide_config, jax.random.PRNGKey(0)), None, wide_config, force=True)
+  for files, teacher, match in ((["gin/guide.gin"], nan, "NaN or Inf in: decoder/layers_0/mlp/wo/kernel"),
+                                (["gin/kd.gin"], nan, "NaN or Inf"),
+                                (["gin/guide.gin", "gin/kd.gin"], wide, "teacher vocab_size 4096 != student 2048")):
+    with pytest.raises(ValueError, match=match):
+      run_train(MICRO + files, micro_bindings(tmp_path / "run", steps=2, TEACHER_DIR=repr(str(teacher))))
+    assert not (tmp_path / "run").exists()

@@ -44,7 +44,7 @@ def test_formats_are_detected_and_read_onto_their_shardings(tmp_path):
                             (teachers.Source(str(tmp_path / "t5x"), config=t5x_config), t5x_config, t5x_params),
                             (teachers.Source(str(tmp_path / "t5x" / "checkpoint_7"), "t5x", t5x_config), t5x_config,
                              t5x_params)]:
-    got, got_config = teachers.load(source, mesh)
+    got, got_config, _ = teachers.load(source, mesh)
     assert got_config == cfg
     shardings = sharding.param_shardings(cfg, mesh)
     for a, b, sh in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want),

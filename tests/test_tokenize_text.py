@@ -106,3 +106,43 @@ def test_text_files_one_document_each(bpe_dir, tmp_path):
     (tmp_path / f"doc{i}.txt").write_text(DOCS[i])
   files = tokenize_text.expand([str(tmp_path / "*.txt")])
   assert list(tokenize_text.file_documents(files)) == DOCS[:4]
+
+
+def test_case08_prepare_on_an_existing_output_verifies_and_rebuilds_what_is_bad(bpe_dir, jsonl, tmp_path,
+                                                                               monkeypatch):
+  """Issue 26 case 8. Before: the data errors said "re-run prepare", but prepare on the same output
+  printed "prepared ..." (a built-in corpus) or "already exists" and left the bad shard as it was."""
+  out = str(tmp_path / "p")
+  again = lambda: prepare.run(None, None, [], out, "cache", 8000, "train", "validation", tokenizer=bpe_dir,
+                              text={"inputs": [jsonl], "validation_every": 10})
+  again()
+  shard = os.path.join(out, prepared.read_manifest(out)["splits"]["train"]["shards"][0]["file"])
+  good = open(shard, "rb").read()
+  for damage in (good[:len(good) // 2], good[:-1] + bytes([good[-1] ^ 1])):  # truncated; one byte changed
+    open(shard, "wb").write(damage)
+    with pytest.raises(prepared.PreparedDataError, match="re-run prepare"):
+      prepared.load_prepared(out, verify=True)
+    again()  # rebuilt
+    assert open(shard, "rb").read() == good
+    prepared.load_prepared(out, verify=True)
+  with pytest.raises(FileExistsError, match="already exists"):  # intact: nothing to do
+    again()
+  # A built-in corpus' directory is verified the same way, and a damaged one built again.
+  os.remove(shard)
+  rebuilt = []
+  monkeypatch.setattr(prepare, "prepare_task", lambda name, output_dir, **kw: rebuilt.append(output_dir))
+  import sys, types  # pylint: disable=g-import-not-at-top,multiple-imports
+  from guide_jax import corpora
+  fake_tasks = types.SimpleNamespace(register_lm_task=lambda *a: "task")  # no TF / seqio: nothing is built
+  monkeypatch.setitem(sys.modules, "guide_jax.corpora.tasks", fake_tasks)
+  monkeypatch.setattr(corpora, "tasks", fake_tasks, raising=False)
+  monkeypatch.setattr("guide_jax.corpora.corpus.load_complete", lambda d: {"stats_data": {"splits": {}}})
+  monkeypatch.setattr("guide_jax.corpora.corpus.content_hash", lambda stats: "0")
+  prepare.prepare_corpus("shakespeare", str(tmp_path), 2048, output_dir=out)
+  assert rebuilt == [out] and not os.path.exists(out)
+  # A directory that is not prepared data is never removed.
+  os.makedirs(out)
+  open(os.path.join(out, "mine.txt"), "w").write("x")
+  with pytest.raises(FileExistsError, match="not a prepared-data directory"):
+    again()
+  assert os.listdir(out) == ["mine.txt"]

@@ -1,9 +1,13 @@
-"""The teacher's own tokenizer: Hugging Face `tokenizers` (tokenizer.json) or SentencePiece.
+"""Hugging Face tokenizers: the teacher's own (read, encode, fingerprint) and ours written as one.
 
     tok = load(path, eos_token=None)   # a model directory, a tokenizer.json or a SentencePiece .model
     tok.encode(texts) -> [np.ndarray int32 ids, one per text: [BOS] + text's ids + [EOS]]
     tok.fingerprint    -> {"kind", "sha256", "vocab_size", "bos_id", "eos_id"}
     fingerprint(path)  -> the same, for checking a teacher's tokenizer against prepared data's
+    check_same(data, expected, ...)       TokenizerError unless data was tokenized by `expected`
+    export_tokenizer(vocab_model, out_dir, escape_newlines=True)  a guide_jax SentencePiece vocab as
+                                           tokenizer.json (below; needs the `hf` extra)
+    llama3_from_tiktoken(file, out_dir)   Meta's Llama 3 tokenizer as a Hugging Face directory
 
 Reading (no torch, no transformers):
   * a directory: its tokenizer.json (read with `tokenizers`, the Rust library transformers' fast
@@ -35,6 +39,8 @@ import os
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+
+from guide_jax import fileio
 
 TOKENIZER_JSON = "tokenizer.json"
 SENTENCEPIECE_MODEL = "tokenizer.model"
@@ -87,24 +93,12 @@ def _special(config: dict, key: str) -> Optional[str]:
   return value if isinstance(value, str) else None
 
 
-def _read_config(path: str) -> dict:
-  if not os.path.isfile(path):
-    return {}
-  try:
-    with open(path, encoding="utf-8") as f:
-      config = json.load(f)
-  except (OSError, ValueError) as e:
-    raise TokenizerError(f"{path} is unreadable or not JSON: {e}") from e
-  if not isinstance(config, dict):
-    raise TokenizerError(f"{path} is not a JSON object")
-  return config
-
-
 def locate(path: str) -> tuple[str, str, dict]:
   """path -> (kind, tokenizer file, tokenizer_config.json contents or {})."""
   path = os.fspath(path)
   if os.path.isdir(path):
-    config = _read_config(os.path.join(path, TOKENIZER_CONFIG))
+    config = fileio.read_json_object(os.path.join(path, TOKENIZER_CONFIG), TOKENIZER_CONFIG, missing={},
+                                    error=TokenizerError)
     for name, kind in ((TOKENIZER_JSON, "tokenizers"), (SENTENCEPIECE_MODEL, "sentencepiece")):
       if os.path.isfile(os.path.join(path, name)):
         return kind, os.path.join(path, name), config
@@ -112,7 +106,8 @@ def locate(path: str) -> tuple[str, str, dict]:
   if not os.path.isfile(path):
     raise TokenizerError(f"tokenizer {path!r} does not exist (expected a model directory, a "
                          f"{TOKENIZER_JSON} or a SentencePiece .model file)")
-  config = _read_config(os.path.join(os.path.dirname(path), TOKENIZER_CONFIG))
+  config = fileio.read_json_object(os.path.join(os.path.dirname(path), TOKENIZER_CONFIG), TOKENIZER_CONFIG,
+                                  missing={}, error=TokenizerError)
   kind = "tokenizers" if path.endswith(".json") else "sentencepiece"
   return kind, path, config
 
@@ -193,7 +188,9 @@ def check_same(data_fingerprint: Optional[dict], expected: dict, data_where: str
   Data without a recorded tokenizer fingerprint (made by an older prepare or its own
   SentencePiece training) is refused too: its ids mean something else.
   """
-  hint = "prepare it with the teacher's tokenizer: python -m guide_jax.data.prepare --tokenizer=TEACHER_DIR"
+  hint = ("prepare it with the teacher's tokenizer: python -m guide_jax.data.prepare --tokenizer=TEACHER_DIR"
+          if expected.get("kind") in KINDS else "train on data made with the same vocabulary (the teacher's "
+          "DATA_DIR, or its CORPUS and VOCAB_SIZE)")
   if not data_fingerprint:
     raise TokenizerError(f"{data_where} records no tokenizer fingerprint, so it was not tokenized by "
                          f"the tokenizer of {expected_where}; {hint}")
@@ -242,4 +239,49 @@ def llama3_from_tiktoken(tiktoken_file: str, out_dir: str) -> str:
       raise TokenizerError(f"{tiktoken_file} did not convert to Llama 3's 128256-id tokenizer "
                            f"(got {len(tok)} ids, bos {tok.bos_token_id}, eos {tok.eos_token_id})")
     tok.save_pretrained(out_dir)
+  return out_dir
+
+
+# --------------------------------------------------------------------- a guide_jax vocab for Hugging Face
+# export_tokenizer: `transformers.AutoTokenizer.from_pretrained(out_dir)` then encodes text to the ids
+# the run's data was made with: the tokenizers pipeline is built by transformers' own SentencePiece
+# converter (SpmConverter.build_tokenizer_from_spm_proto: the model's normalizer spec, BPE merges
+# ranked by piece score, byte fallback, user-defined pieces whole), in legacy prefix mode, which
+# reproduces SentencePiece's dummy prefix after leading spaces are removed. escape_newlines prepends
+# the built-in corpora's escaping (guide_jax.corpora.corpus.encode_document: backslash -> two,
+# newline -> backslash-n). Equality with SentencePiece is tested on the downstream requests in
+# tests/test_hf_lmeval.py. Needs the `hf` extra (transformers, tokenizers, protobuf).
+def build_tokenizer(vocab_model: str, *, escape_newlines: bool):
+  """(tokenizers.Tokenizer, {'eos_token', 'pad_token', 'unk_token'}) for a SentencePiece BPE .model."""
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
+  from tokenizers import normalizers  # pylint: disable=g-import-not-at-top
+  from transformers.convert_slow_tokenizer import SpmConverter  # pylint: disable=g-import-not-at-top
+
+  proto = sentencepiece_model_pb2.ModelProto()
+  with open(vocab_model, "rb") as f:
+    proto.ParseFromString(f.read())
+  if proto.trainer_spec.model_type != sentencepiece_model_pb2.TrainerSpec.BPE:
+    raise ValueError(f"{vocab_model}: only SentencePiece BPE models are supported (guide_jax's vocab)")
+  vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
+  tokenizer = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
+  if escape_newlines:
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Replace("\\", "\\\\"), normalizers.Replace("\n", "\\n"), tokenizer.normalizer])
+  spec = proto.trainer_spec
+  special = {"eos_token": proto.pieces[spec.eos_id].piece if spec.eos_id >= 0 else None,
+             "pad_token": proto.pieces[spec.pad_id].piece if spec.pad_id >= 0 else None,
+             "unk_token": proto.pieces[spec.unk_id].piece if spec.unk_id >= 0 else None,
+             "bos_token": proto.pieces[spec.bos_id].piece if spec.bos_id >= 0 else None}
+  return tokenizer, special
+
+
+def export_tokenizer(vocab_model: str, out_dir: str, *, escape_newlines: bool,
+                     model_max_length: int = 2048) -> str:
+  """Writes out_dir/{tokenizer.json, tokenizer_config.json} (each atomically); returns out_dir."""
+  tokenizer, special = build_tokenizer(vocab_model, escape_newlines=escape_newlines)
+  config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": int(model_max_length),
+            "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
+            **special}
+  fileio.atomic_write_text(os.path.join(out_dir, TOKENIZER_JSON), tokenizer.to_str())
+  fileio.atomic_write_text(os.path.join(out_dir, TOKENIZER_CONFIG), json.dumps(config, indent=2) + "\n")
   return out_dir

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 from typing import Iterable, Iterator
 
@@ -39,6 +40,32 @@ from guide_jax import fileio
 from guide_jax.data import prepared
 
 SHARD_TOKENS = 1 << 28  # a shard closes at the first document boundary past this many tokens
+
+
+# ----------------------------------------------------------------------------- an existing output
+
+def intact_output(output_dir: str) -> bool:
+  """Whether output_dir holds intact prepared data (so prepare has nothing to do); False when absent.
+
+  An existing prepared-data directory (it has a manifest) is verified as a run verifies it (every
+  shard's size, dtype and SHA-256, the vocabulary's hash, the largest id); one that fails (a
+  truncated or corrupt shard, a missing file, a malformed manifest) is removed with a warning
+  naming what was wrong, so that prepare builds it again: that is what the data errors' "re-run
+  prepare" does. A directory without a manifest is not prepared data (prepare writes it whole,
+  by one rename) and is never removed: FileExistsError.
+  """
+  if not os.path.exists(output_dir):
+    return False
+  if not os.path.isfile(os.path.join(output_dir, prepared.MANIFEST)):
+    raise FileExistsError(f"{output_dir} exists and is not a prepared-data directory (no {prepared.MANIFEST}); "
+                          "remove it or choose another output directory")
+  try:
+    prepared.load_prepared(output_dir, verify=True)
+    return True
+  except prepared.PreparedDataError as e:
+    logging.warning("%s is damaged, preparing it again: %s", output_dir, e)
+    shutil.rmtree(output_dir)
+    return False
 
 
 # ----------------------------------------------------------------------------- writing
@@ -195,7 +222,7 @@ def prepare_task(name: str, output_dir: str, *, train_split: str = "train",
   if max_train_tokens is not None and (not isinstance(max_train_tokens, int) or max_train_tokens < 1):
     raise ValueError(f"max_train_tokens must be a positive int, got {max_train_tokens!r}")
   task_modules = list(task_modules)
-  if os.path.exists(output_dir):
+  if intact_output(output_dir):
     raise FileExistsError(f"output directory {output_dir} already exists")
   import_task_modules(task_modules)
   splits = {"train": train_split, "validation": validation_split}
@@ -227,9 +254,8 @@ def prepare_corpus(corpus: str, cache_dir: str, vocab_size: int, output_dir: str
   if corpus not in corpus_lib.CORPORA:
     raise ValueError(f"unknown corpus {corpus!r}; expected one of {corpus_lib.CORPORA}")
   output_dir = output_dir or prepared_dir_for(corpus, cache_dir, vocab_size)
-  if os.path.exists(output_dir):
-    prepared.read_manifest(output_dir)  # complete (renamed into place) unless tampered with
-    logging.info("Corpus %s is already prepared in %s", corpus, output_dir)
+  if intact_output(output_dir):  # verified; a damaged one is removed and built again below
+    logging.info("Corpus %s is already prepared in %s (verified)", corpus, output_dir)
     return output_dir
   from guide_jax.corpora import tasks  # pylint: disable=g-import-not-at-top (imports TF, seqio)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -125,6 +126,30 @@ def check_manifest(manifest: dict, where: str = MANIFEST) -> None:
       fail(f"split {split!r} holds token id {max_id!r}, outside [0, vocab_size={vocab_size}): the data "
            f"and its vocabulary do not match (was vocab_size edited, or the shards written with "
            f"another tokenizer?); re-run prepare")
+
+
+# The tokenizer identity of data prepared with its own vocabulary file (a built-in corpus' or a seqio
+# task's SentencePiece model, encoded as prepare encodes it): what the ids mean, so a teacher
+# trained on it and the data a run feeds can be compared (hf_tokenizer.check_same).
+VOCAB_FILE_KIND = "vocab_file"
+
+
+def tokenizer_identity(manifest: dict) -> dict:
+  """What the ids of prepared data mean: the fingerprint `prepare --tokenizer` recorded
+  (hf_tokenizer.Tokenizer.fingerprint), else {"kind": "vocab_file", "sha256" of the vocabulary
+  file, "vocab_size", "bos_id": None, "eos_id"}. Data with the same vocabulary size but another
+  tokenizer (ids permuted) differs here."""
+  if manifest.get("tokenizer"):
+    return manifest["tokenizer"]
+  return {"kind": VOCAB_FILE_KIND, "sha256": manifest["vocab"]["sha256"], "vocab_size": manifest["vocab_size"],
+          "bos_id": None, "eos_id": manifest.get("eos_id")}
+
+
+def manifest_sha256(manifest: dict) -> str:
+  """The identity of prepared data: sha256 of its manifest (every shard's sha256, the vocabulary's,
+  the source), as canonical JSON. Re-preparing the same source with the same tokenizer gives the
+  same value; other text or another tokenizer at the same path does not."""
+  return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
 def _load_shard(path: str, shard: dict, dtype: np.dtype, verify: bool) -> np.ndarray:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import glob
-import json
 import os
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from guide_jax import fileio
 from guide_jax.data import hf_tokenizer
 
 BATCH_CHARS = 1 << 22  # characters encoded per tokenizer call (~1M tokens)
@@ -69,13 +69,7 @@ def check_json_field(files: Sequence[str], text_field: str) -> None:
 
 
 def _record(line: str, path: str, number: int) -> dict:
-  try:
-    record = json.loads(line)
-  except ValueError as e:
-    raise ValueError(f"{path}:{number}: not JSON: {e}") from e
-  if not isinstance(record, dict):
-    raise ValueError(f"{path}:{number}: not a JSON object")
-  return record
+  return fileio.json_object(line, f"{path}:{number}")
 
 
 def file_documents(files: Sequence[str], text_field: str = "text") -> Iterator[str]:
@@ -133,8 +127,7 @@ def _model_vocab_size(tokenizer_path: str) -> Optional[int]:
   config = os.path.join(tokenizer_path, "config.json")
   if not os.path.isdir(tokenizer_path) or not os.path.isfile(config):
     return None
-  with open(config, encoding="utf-8") as f:
-    value = json.load(f).get("vocab_size")
+  value = fileio.read_json_object(config, "config.json").get("vocab_size")
   return int(value) if isinstance(value, int) else None
 
 
@@ -174,7 +167,7 @@ def prepare_text(output_dir: str, tokenizer_path: str, *, inputs: Sequence[str] 
     raise ValueError("--validation_input goes with --input")
   if not isinstance(validation_every, int) or validation_every < 2:
     raise ValueError(f"validation_every must be an int >= 2, got {validation_every!r}")
-  if os.path.exists(output_dir):
+  if prepare.intact_output(output_dir):  # a damaged one is removed and built again
     raise FileExistsError(f"output directory {output_dir} already exists")
   tok = hf_tokenizer.load(tokenizer_path, eos_token)
   model_vocab = vocab_size or _model_vocab_size(tokenizer_path) or tok.vocab_size

@@ -83,7 +83,7 @@ def guide_state_transformation(state_dict, target_state_dict, *, is_resuming: bo
       raise ValueError("the teacher state_dict holds no arrays, as when t5x calls a transformation before "
                        "reading the checkpoint: bind teacher_checkpoint to the teacher's checkpoint path "
                        "(the RestoreCheckpointConfig.path)")
-    teacher_params, _ = teachers.load(teachers.Source(teacher_checkpoint, format="t5x", config=teacher), mesh)
+    teacher_params = teachers.load(teachers.Source(teacher_checkpoint, format="t5x", config=teacher), mesh).params
   else:  # arrays t5x already read: the one finiteness pass (teachers.load runs it for a read)
     validate.check_finite(teacher_params, "teacher params (t5x state_dict)")
   params, info = guide_init(teacher_params, teacher, student, guide, mesh=mesh)

@@ -1,4 +1,6 @@
 """Checks run before any GUIDE compute: dimensions, tree structure, finiteness."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,26 +83,39 @@ def check_tree(params, config: ModelConfig, name: str = "params") -> None:
                      + "; ".join(not_float[:3]))
 
 
-@jax.jit
-def _all_finite(leaves):
+@functools.partial(jax.jit, static_argnums=1)
+def _scan(leaves, also):
   # isfinite(sum(x * 0)): 0 for finite x, NaN for NaN or Inf; a fused reduction with no temporary,
   # where all(isfinite(x)) materializes a bool array per leaf (half a bf16 teacher, all leaves at
   # once). Not max |x|: XLA's CPU max reduction does not propagate NaN.
-  return jnp.stack([jnp.isfinite(jnp.sum(x.astype(jnp.float32) * 0)) if x.size else jnp.bool_(True)
-                    for x in leaves])
+  finite = jnp.stack([jnp.isfinite(jnp.sum(x.astype(jnp.float32) * 0)) if x.size else jnp.bool_(True)
+                      for x in leaves])
+  return finite, (jnp.stack([also(x) for x in leaves]) if also is not None else None)
+
+
+def _float_leaves(params):
+  flat = flatten(params)
+  keys = sorted(k for k, v in flat.items() if jnp.issubdtype(jnp.result_type(v), jnp.inexact))
+  return keys, [flat[k] for k in keys]
 
 
 def nonfinite_leaves(params) -> list:
   """The 'a/b/c' keys of the float leaves of `params` that hold NaN or Inf (one fused pass)."""
-  flat = flatten(params)
-  keys = sorted(k for k, v in flat.items() if jnp.issubdtype(jnp.result_type(v), jnp.inexact))
-  ok = np.asarray(_all_finite([flat[k] for k in keys]))
+  keys, leaves = _float_leaves(params)
+  ok = np.asarray(_scan(leaves, None)[0])
   return [k for k, good in zip(keys, ok) if not good]
 
 
-def check_finite(params, name: str = "params") -> None:
+def check_finite(params, name: str = "params", also=None):
   """Raise ValueError naming each leaf of `params` that holds NaN or Inf (a teacher's one pass,
-  where it is loaded)."""
-  bad = nonfinite_leaves(params)
+  where it is loaded).
+
+  also: a traceable function of one array (e.g. checkpoints.array_checksum) computed in the same
+  pass over every float leaf; returns {'a/b/c': its value} (None without `also`).
+  """
+  keys, leaves = _float_leaves(params)
+  ok, values = _scan(leaves, also)
+  bad = [k for k, good in zip(keys, np.asarray(ok)) if not good]
   if bad:
     raise ValueError(f"{name} holds NaN or Inf in: {', '.join(bad[:5])}")
+  return None if also is None else dict(zip(keys, np.asarray(values)))

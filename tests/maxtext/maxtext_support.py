@@ -139,7 +139,7 @@ class Teacher(NamedTuple):
 
 def ours(source, positions=NEAR, mesh_devices: int = 2) -> np.ndarray:
   """guide_jax's logits of a teacher source, read by teachers.load on a 2-device mesh."""
-  params, cfg = teachers.load(source, sharding.make_mesh(model_parallel=mesh_devices))
+  params, cfg, _ = teachers.load(source, sharding.make_mesh(model_parallel=mesh_devices))
   return np.asarray(model.apply(cfg, params, TOKENS, positions=positions))
 
 

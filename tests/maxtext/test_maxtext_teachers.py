@@ -126,7 +126,7 @@ def test_conventions_are_maxtexts(tier):
                    "no Llama 3.1 frequency scaling": "no_scaling"}),
       ("mistral_tied", {"tied logits y E^T (no 1/sqrt(d))": "hf"})]:
     teacher = tier.teacher(name)
-    params, config = teachers.load(teachers.Source(teacher.items, settings=teacher.settings), None)
+    params, config, _ = teachers.load(teachers.Source(teacher.items, settings=teacher.settings), None)
     flat = {k: np.asarray(v) for k, v in S.validate.flatten(params).items()}
     assert err(teacher, flat, config) < S.RTOL, name
     perm = layout.interleave_permutation(config.head_dim)

@@ -104,6 +104,6 @@ def test_legacy_msgpack_checkpoint_is_read_through_t5x(tier, tied, tmp_path):
   assert os.path.isfile(os.path.join(step_dir, "checkpoint"))  # the msgpack file: a legacy checkpoint
   ours = t5x_compat.model_config_from_t5x(config)
   mesh = sharding.make_mesh(model_parallel=jax.device_count())
-  params, got_config = teachers.load(teachers.Source(legacy_dir, config=ours), mesh)
+  params, got_config, _ = teachers.load(teachers.Source(legacy_dir, config=ours), mesh)
   assert got_config == ours
   S.assert_trees_close(params, saved.params)
