@@ -2,13 +2,14 @@ r"""Pod-scale KD train steps compiled from shapes on virtual CPU devices: per-de
 TPU HBM, collective bytes against the analytic FSDP volume, compile time scanned vs unrolled.
 
   nice -n 5 python -m benchmarks.pods --out=reports/pods      # every cell; resumable (rerun continues)
-  python -m benchmarks.pods --smoke --out=/tmp/pods_smoke     # tiny shapes on 8 devices, seconds (a test)
+  python -m benchmarks.pods --smoke --out=/tmp/pods_smoke     # tiny shapes on 8 devices, ~1 minute (a test)
 
 Each cell lowers and compiles guide_jax.trainer.make_train_step (AdamW, KD alpha 0.5, seq 2048)
 from jax.ShapeDtypeStructs on their shardings (trainer.abstract_state; the teacher from
 sharding.abstract_params in bfloat16, as a Hugging Face teacher is read): no array is allocated.
-One subprocess per device count (XLA_FLAGS=--xla_force_host_platform_device_count=N) writes its
-cells to <out>/cells.jsonl; the parent merges them into <out>.json and <out>.md.
+One subprocess per device count (XLA_FLAGS=--xla_force_host_platform_device_count=N) appends its
+cells to <out>.cells/cells.jsonl (a rerun skips the cells there); the parent writes <out>.json and
+<out>.md from them.
 
 Memory: compiled.memory_analysis() per device: arguments + outputs + temporaries - aliased (the
 donated params and optimizer state), against the HBM of a v5e (16 GiB), v4 (32 GiB) and v5p
@@ -258,7 +259,7 @@ def compile_cell(cell: dict, dump_dir=None) -> dict:
   seq = cell["seq"]
   batch = {k: jax.ShapeDtypeStruct((rows, seq), "float32" if k == "decoder_loss_weights" else "int32",
                                    sharding=sharding.batch_sharding(mesh)) for k in trainer.BATCH_KEYS}
-  teacher_params = sharding.abstract_params(teacher, mesh)
+  teacher_params = sharding.abstract_params(teacher, mesh, stacked=teacher.scan_layers)
   step = trainer.make_train_step(student, optimizer, mesh, state, teacher_config=teacher, alpha=0.5, tau=1.0,
                                  accum_steps=cell["accum"], loss_chunk=cell["loss_chunk"])
   t0 = time.perf_counter()
@@ -334,9 +335,9 @@ def worker(args) -> int:
   """Run this device count's cells not yet in cells.jsonl (this process has --devices devices)."""
   import jax  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == args.devices, (jax.device_count(), args.devices)
-  path = os.path.join(args.out, "cells.jsonl")
+  path = os.path.join(args.work_dir, "cells.jsonl")
   done = read_cells(path)
-  dump_dir = os.path.join(args.out, f"hlo_dump_{args.devices}") if args.collectives else None
+  dump_dir = os.path.join(args.work_dir, f"hlo_dump_{args.devices}") if args.collectives else None
   for cell in plan(args.smoke):
     if cell["devices"] != args.devices or cell.get("collectives", True) != bool(args.collectives) \
         or cell_key(cell) in done:
@@ -455,13 +456,15 @@ def write_markdown(summary: dict, path: str) -> None:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--out", required=True, help="directory of cells.jsonl; <out>.json and <out>.md are the report")
+  p.add_argument("--out", required=True, help="the report: <out>.json and <out>.md (cells in <out>.cells/)")
   p.add_argument("--smoke", action="store_true", help="tiny shapes on 8 devices (seconds; what the tests run)")
   p.add_argument("--devices", type=int, default=None, help="(internal) run this device count's cells here")
   p.add_argument("--collectives", type=int, default=1, help="(internal) the cells that read collectives (HLO dumps)")
   p.add_argument("--device_counts", default=None, help="comma-separated subset of device counts to run")
   args = p.parse_args(argv)
-  os.makedirs(args.out, exist_ok=True)
+  args.out = args.out.rstrip("/")
+  args.work_dir = args.out + ".cells"
+  os.makedirs(args.work_dir, exist_ok=True)
   if args.devices is not None:
     return worker(args)
   from benchmarks import common  # pylint: disable=g-import-not-at-top
@@ -472,7 +475,7 @@ def main(argv=None) -> int:
   for n, collectives in groups:
     flags = f"--xla_force_host_platform_device_count={n}"
     if collectives:  # the partitioned program, right before XLA:CPU's float normalization
-      flags += (f" --xla_dump_to={os.path.join(args.out, f'hlo_dump_{n}')} --xla_dump_hlo_module_re=jit_step"
+      flags += (f" --xla_dump_to={os.path.join(args.work_dir, f'hlo_dump_{n}')} --xla_dump_hlo_module_re=jit_step"
                 " --xla_dump_hlo_pass_re=^float-normalization-bf16$")
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, TF_CPP_MIN_LOG_LEVEL="3")
     cmd = [sys.executable, "-m", "benchmarks.pods", "--out", args.out, "--devices", str(n),
@@ -481,12 +484,11 @@ def main(argv=None) -> int:
     if rc:
       print(f"the {n}-device worker exited {rc}; rerun to continue", flush=True)
       return rc
-  cells = list(read_cells(os.path.join(args.out, "cells.jsonl")).values())
+  cells = list(read_cells(os.path.join(args.work_dir, "cells.jsonl")).values())
   summary = summarize(cells, command)
-  common.write_json_atomic(args.out.rstrip("/") + ".json", summary)
-  write_markdown(summary, args.out.rstrip("/") + ".md")
-  print(f"wrote {args.out.rstrip('/')}.json and .md; collective bytes / analytic: {summary['collective_ratio']}",
-        flush=True)
+  common.write_json_atomic(args.out + ".json", summary)
+  write_markdown(summary, args.out + ".md")
+  print(f"wrote {args.out}.json and .md; collective bytes / analytic: {summary['collective_ratio']}", flush=True)
   return 0
 
 

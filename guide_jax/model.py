@@ -491,27 +491,31 @@ def layer_names(config: ModelConfig):
   return [f"layers_{i}" for i in range(config.n_layers)]
 
 
-def stack_layers(config: ModelConfig, params):
-  """t5x's tree -> the tree the scanned forward applies: decoder/layers_i/... replaced by
-  decoder/layers/layer/... with every leaf stacked on a new leading axis [n, ...] (logical axis
-  'layers'). Inside a compiled program this is one concatenation per leaf; its sharding follows
-  the leaves' (constrained under sharding.activation_rules)."""
-  dec = dict(params["decoder"])
+def restack(config: ModelConfig, tree, combine):
+  """A tree shaped like the params (arrays, shardings, ShapeDtypeStructs) with decoder/layers_i/...
+  replaced by decoder/layers/layer/..., each leaf combine([the n layers' leaves]): the tree the
+  scanned forward applies (stack_layers)."""
+  dec = dict(tree["decoder"])
   layers = [dec.pop(name) for name in layer_names(config)]
+  stacked = jax.tree_util.tree_map(lambda *xs: combine(xs), *layers)
+  return {**tree, "decoder": {**dec, "layers": {"layer": stacked}}}
+
+
+def is_stacked(params) -> bool:
+  """Whether params are stack_layers' tree (decoder/layers/layer) rather than t5x's layers_N."""
+  return "layers" in params["decoder"]
+
+
+def stack_layers(config: ModelConfig, params):
+  """t5x's tree -> the tree the scanned forward applies (restack): every layer leaf stacked on a new
+  leading axis [n, ...] (logical axis 'layers'). Inside a compiled program this is one concatenation
+  per leaf, sharded as its leaves (constrained under sharding.activation_rules)."""
+  stacked = restack(config, params, jnp.stack)
   axes = _layer_axes(config)
-  stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
-  stacked = jax.tree_util.tree_map(lambda a, x: nn.with_logical_constraint(x, ("layers",) + tuple(a)),
-                                   axes, stacked, is_leaf=lambda a: isinstance(a, jax.sharding.PartitionSpec))
-  return {**params, "decoder": {**dec, "layers": {"layer": stacked}}}
-
-
-def unstack_layers(config: ModelConfig, params):
-  """Inverse of stack_layers: the stacked tree -> t5x's layers_N tree."""
-  dec = dict(params["decoder"])
-  stacked = dec.pop("layers")["layer"]
-  for i, name in enumerate(layer_names(config)):
-    dec[name] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
-  return {**params, "decoder": dec}
+  layer = jax.tree_util.tree_map(lambda a, x: nn.with_logical_constraint(x, ("layers",) + tuple(a)), axes,
+                                 stacked["decoder"]["layers"]["layer"],
+                                 is_leaf=lambda a: isinstance(a, jax.sharding.PartitionSpec))
+  return {**stacked, "decoder": {**stacked["decoder"], "layers": {"layer": layer}}}
 
 
 @functools.lru_cache(maxsize=64)
@@ -522,7 +526,8 @@ def _layer_axes(config: ModelConfig):
 
 def apply(config: ModelConfig, params, tokens, segment_ids=None, positions=None, hidden: bool = False, **kw):
   """Functional forward on t5x's tree: logits [B, T, V] float32 (hidden=True: the normed hidden
-  states [B, T, d] float32, for output_logits). scan_layers: the layers stacked first (stack_layers)."""
-  if config.scan_layers:
+  states [B, T, d] float32, for output_logits). scan_layers: the layers stacked first (stack_layers),
+  unless params already are (a KD teacher stacked once: trainer.stack_teacher)."""
+  if config.scan_layers and not is_stacked(params):
     params = stack_layers(config, params)
   return Transformer(config).apply({"params": params}, tokens, segment_ids, positions, hidden, **kw)

@@ -140,9 +140,13 @@ def logical_to_sharding(logical_specs, mesh: Mesh, rules=LOGICAL_AXIS_RULES, sha
   return jax.tree_util.tree_map(fit, shardings, shapes)
 
 
-def param_shardings(config, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
-  """Tree of NamedShardings for a guide_jax.model config's params, from its logical axis names."""
-  return logical_to_sharding(model.logical_axes(config), mesh, rules, shapes=model.param_shapes(config))
+def param_shardings(config, mesh: Mesh, rules=LOGICAL_AXIS_RULES, stacked: bool = False):
+  """Tree of NamedShardings for a guide_jax.model config's params, from its logical axis names.
+  stacked: of model.stack_layers' tree (each layer leaf's sharding behind the unsplit 'layers' axis)."""
+  shardings = logical_to_sharding(model.logical_axes(config), mesh, rules, shapes=model.param_shapes(config))
+  if stacked:
+    shardings = model.restack(config, shardings, lambda shs: NamedSharding(mesh, P(None, *shs[0].spec)))
+  return shardings
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -180,13 +184,19 @@ def rows_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(tuple(mesh.axis_names), None))
 
 
-def abstract_params(config, mesh: Optional[Mesh] = None, dtypes=None):
+def abstract_params(config, mesh: Optional[Mesh] = None, dtypes=None, stacked: bool = False):
   """A config's params as jax.ShapeDtypeStructs (no memory) on their logical-axis shardings.
 
   The one place a sharded abstract param tree is built (the train state, checkpoint restores,
   t5x reads). mesh=None: unsharded structs. dtypes: a matching tree of dtypes (e.g. a
-  checkpoint's stored dtypes) replacing the config's.
+  checkpoint's stored dtypes) replacing the config's. stacked: model.stack_layers' tree (a KD
+  teacher as the scanned step takes it).
   """
+  if stacked:
+    flat = abstract_params(config, mesh, dtypes)
+    return model.restack(config, flat, lambda xs: jax.ShapeDtypeStruct(
+        (len(xs),) + xs[0].shape, xs[0].dtype,
+        sharding=None if mesh is None else NamedSharding(mesh, P(None, *xs[0].sharding.spec))))
   shapes = model.param_shapes(config)
   if dtypes is None:
     dtypes = jax.tree_util.tree_map(lambda s: s.dtype, shapes)

@@ -114,6 +114,8 @@ def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation
                     loss_chunk: Optional[int] = None) -> Callable:
   """step(params, opt_state, batch, teacher_params) -> (params, opt_state, metrics).
 
+  teacher_params: on sharding.param_shardings(teacher_config, mesh), stacked (stack_teacher) when
+  teacher_config.scan_layers.
   alpha == 0 compiles no teacher forward at all (teacher_params may be None). metrics['finite']
   is 1.0 when the loss and every updated parameter are finite (the run's NaN guard reads it).
   The program is traced under sharding.activation_rules(mesh): on a mesh with an 'fsdp' axis each
@@ -134,7 +136,7 @@ def make_train_step(config: ModelConfig, optimizer: optax.GradientTransformation
   check_batch(sharding.batch_shards(mesh) * accum_steps, mesh, accum_steps)
   p_sh, o_sh = state.param_shardings, state.opt_state_shardings
   b_sh = {k: sharding.batch_sharding(mesh) for k in BATCH_KEYS}
-  t_sh = sharding.param_shardings(teacher_config, mesh) if alpha > 0 else None
+  t_sh = sharding.param_shardings(teacher_config, mesh, stacked=teacher_config.scan_layers) if alpha > 0 else None
   kd, chunked = alpha > 0, loss_chunk is not None
 
   def micro(params, batch, teacher_params, denom):
@@ -195,6 +197,16 @@ def make_eval_step(config: ModelConfig, mesh: Mesh, loss_chunk: Optional[int] = 
 
   return jax.jit(step, in_shardings=(sharding.param_shardings(config, mesh), b_sh),
                  out_shardings=sharding.replicated(mesh))
+
+
+def stack_teacher(teacher_config: ModelConfig, params, mesh: Mesh):
+  """A KD teacher as make_train_step takes it: with teacher_config.scan_layers, stacked once here
+  (model.stack_layers onto its stacked shardings; the unrolled buffers are donated), so that the
+  step does not stack it again every step; otherwise as it is."""
+  if not teacher_config.scan_layers:
+    return params
+  out = sharding.param_shardings(teacher_config, mesh, stacked=True)
+  return jax.jit(lambda p: model.stack_layers(teacher_config, p), out_shardings=out, donate_argnums=0)(params)
 
 
 def evaluate(eval_step: Callable, params, batches, mesh: Mesh) -> dict:
