@@ -201,12 +201,13 @@ def make_eval_step(config: ModelConfig, mesh: Mesh, loss_chunk: Optional[int] = 
 
 def stack_teacher(teacher_config: ModelConfig, params, mesh: Mesh):
   """A KD teacher as make_train_step takes it: with teacher_config.scan_layers, stacked once here
-  (model.stack_layers onto its stacked shardings; the unrolled buffers are donated), so that the
-  step does not stack it again every step; otherwise as it is."""
+  (model.stack_layers onto its stacked shardings), so that the step does not stack it again every
+  step; otherwise as it is. The caller drops the unrolled tree (XLA cannot reuse its buffers for
+  the stacked leaves, so donating them would free nothing sooner)."""
   if not teacher_config.scan_layers:
     return params
   out = sharding.param_shardings(teacher_config, mesh, stacked=True)
-  return jax.jit(lambda p: model.stack_layers(teacher_config, p), out_shardings=out, donate_argnums=0)(params)
+  return jax.jit(lambda p: model.stack_layers(teacher_config, p), out_shardings=out)(params)
 
 
 def evaluate(eval_step: Callable, params, batches, mesh: Mesh) -> dict:
