@@ -270,7 +270,7 @@ def compile_cell(cell: dict, dump_dir=None) -> dict:
   mem = compiled.memory_analysis()
   per_device = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                 - mem.alias_size_in_bytes)
-  out = dict(cell)
+  out = {k: v for k, v in cell.items() if k != "collectives"}  # the plan's flag; the measured ones below
   out.update(
       lower_s=t1 - t0, compile_s=t2 - t1, global_batch=rows, tokens_per_step=rows * seq,
       student_params=student.num_params, teacher_params=teacher.num_params,
@@ -373,7 +373,7 @@ def _print_cell(rec: dict) -> None:
           f"mesh {rec['mesh']} micro {rec['micro_rows']} x accum {rec['accum']} (global {rec['global_batch']}) "
           f"scan={rec['scan']}: {mem['per_device'] / GIB:.2f} GiB/device (args {mem['argument'] / GIB:.2f}, "
           f"temp {mem['temp'] / GIB:.2f}); compile {rec['compile_s']:.1f} s")
-  for view, c in rec.get("collectives", {}).items():
+  for view, c in (rec.get("collectives") or {}).items():
     line += f"; {view} collectives {c['measured_total'] / GIB:.2f} GiB = {c['ratio_total']:.3f} x analytic"
   print(line, flush=True)
 
@@ -388,7 +388,7 @@ def summarize(cells: list, command: str) -> dict:
       if c["fits"][chip] and (key not in best or c["micro_rows"] > best[key]["micro_rows"]):
         best[key] = c
   compile_cells = {(c["teacher_layers"], c["scan"]): c for c in cells if c["kind"] == "compile_time" and "error" not in c}
-  ratios = {view: [c["collectives"][view]["ratio_total"] for c in cells if "collectives" in c and c["mesh"][2] == 1
+  ratios = {view: [c["collectives"][view]["ratio_total"] for c in cells if c.get("collectives") and c["mesh"][2] == 1
                    and c["kind"] == "fit"] for view in ("compiled", "partitioned")}
   return {"command": command, "cells": cells,
           "fits": {"|".join(map(str, k)): {"micro_rows": v["micro_rows"], "accum": v["accum"], "mesh": v["mesh"],
