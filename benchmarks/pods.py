@@ -349,6 +349,7 @@ def worker(args) -> int:
       rec = compile_cell(cell, dump_dir)
     except Exception as e:  # pylint: disable=broad-except
       rec = dict(cell, error=f"{type(e).__name__}: {str(e).splitlines()[0][:500] if str(e) else ''}")
+    rec["command"] = os.environ.get("PODS_COMMAND")  # the parent's command line that ran this cell
     with open(path, "a") as f:
       f.write(json.dumps(rec) + "\n")
     done[cell_key(rec)] = rec
@@ -390,7 +391,8 @@ def summarize(cells: list, command: str) -> dict:
   compile_cells = {(c["teacher_layers"], c["scan"]): c for c in cells if c["kind"] == "compile_time" and "error" not in c}
   ratios = {view: [c["collectives"][view]["ratio_total"] for c in cells if c.get("collectives") and c["mesh"][2] == 1
                    and c["kind"] == "fit"] for view in ("compiled", "partitioned")}
-  return {"command": command, "cells": cells,
+  commands = sorted({c["command"] for c in cells if c.get("command")})
+  return {"command": command, "commands": commands, "cells": cells,
           "fits": {"|".join(map(str, k)): {"micro_rows": v["micro_rows"], "accum": v["accum"], "mesh": v["mesh"],
                                            "per_device_gib": v["memory"]["per_device"] / GIB}
                    for k, v in sorted(best.items())},
@@ -402,7 +404,9 @@ def summarize(cells: list, command: str) -> dict:
 def write_markdown(summary: dict, path: str) -> None:
   cells = summary["cells"]
   lines = ["# Pod-scale KD steps compiled from shapes (benchmarks/pods.py)", "",
-           f"Command: `{summary['command']}`", "",
+           "Commands (run from the repository root with `nice -n 10`; each cell in the JSON names its own):",
+           ""] + [f"- `{c}`" for c in summary["commands"]] + ["",
+           f"Report written by: `{summary['command']}`", "",
            "Every figure is from `jax.jit(...).lower(...).compile()` of guide_jax.trainer's KD train step "
            "(AdamW, KD alpha 0.5, seq 2048, remat 'full', scanned layers, loss chunk 512) on N virtual CPU "
            "devices (`--xla_force_host_platform_device_count=N`), from ShapeDtypeStructs only. **A CPU compile "
@@ -461,6 +465,7 @@ def main(argv=None) -> int:
   p.add_argument("--devices", type=int, default=None, help="(internal) run this device count's cells here")
   p.add_argument("--collectives", type=int, default=1, help="(internal) the cells that read collectives (HLO dumps)")
   p.add_argument("--device_counts", default=None, help="comma-separated subset of device counts to run")
+  p.add_argument("--report_only", action="store_true", help="write the report from the cells run so far")
   args = p.parse_args(argv)
   args.out = args.out.rstrip("/")
   args.work_dir = args.out + ".cells"
@@ -472,12 +477,14 @@ def main(argv=None) -> int:
   groups = sorted({(c["devices"], c.get("collectives", True)) for c in plan(args.smoke)}, key=lambda g: (g[0], -g[1]))
   if args.device_counts:
     groups = [g for g in groups if str(g[0]) in args.device_counts.split(",")]
+  if args.report_only:
+    groups = []
   for n, collectives in groups:
     flags = f"--xla_force_host_platform_device_count={n}"
     if collectives:  # the partitioned program, right before XLA:CPU's float normalization
       flags += (f" --xla_dump_to={os.path.join(args.work_dir, f'hlo_dump_{n}')} --xla_dump_hlo_module_re=jit_step"
                 " --xla_dump_hlo_pass_re=^float-normalization-bf16$")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, TF_CPP_MIN_LOG_LEVEL="3", PODS_COMMAND=command)
     cmd = [sys.executable, "-m", "benchmarks.pods", "--out", args.out, "--devices", str(n),
            "--collectives", str(int(collectives))] + (["--smoke"] if args.smoke else [])
     rc = subprocess.call(cmd, cwd=common.REPO_ROOT, env=env)

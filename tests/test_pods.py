@@ -191,3 +191,23 @@ def test_kd_run_on_an_fsdp_mesh_resumes_step_exact(tmp_path):
   got = {s: r["loss"] for s, r in metrics.read_metrics(str(tmp_path / "resumed"), "train").items()}
   assert sorted(ref) == list(range(1, 7)) and got == ref
   assert resumed["eval_loss"] == reference["eval_loss"]
+
+
+def test_hlo_collectives_counts_each_op_times_its_loop_trips():
+  """benchmarks/pods.py's reading of a compiled program (what reports/pods.md's collective bytes are):
+  a [128] float32 row gathered from 8 shards inside a 3-step scan is 512 bytes, 3 times."""
+  from benchmarks import pods  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  mesh = mesh_of((1, 8, 1))
+
+  def f(w, c):
+    def body(c, row):  # depends on the carry: the gather stays in the loop
+      return c + jax.numpy.sin(jax.lax.with_sharding_constraint(row * c, NamedSharding(mesh, P()))).sum(), None
+    return jax.lax.scan(body, c, w)[0]
+
+  w = jax.ShapeDtypeStruct((3, 128), np.float32, sharding=NamedSharding(mesh, P(None, "fsdp")))
+  c = jax.ShapeDtypeStruct((), np.float32, sharding=NamedSharding(mesh, P()))
+  details = []
+  totals = pods.hlo_collectives(jax.jit(f).lower(w, c).compile().as_text(), details)
+  assert totals["all-gather"]["bytes"] == 3 * 128 * 4, details
+  assert [(kind, nbytes, times) for kind, nbytes, times, _ in details] == [("all-gather", 512, 3)]
