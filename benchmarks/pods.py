@@ -264,15 +264,15 @@ def compile_cell(cell: dict, dump_dir=None) -> dict:
                                  accum_steps=cell["accum"], loss_chunk=cell["loss_chunk"])
   t0 = time.perf_counter()
   lowered = step.lower(state.params, state.opt_state, batch, teacher_params)
-  t1 = time.perf_counter()
+  t1, c1 = time.perf_counter(), time.process_time()
   compiled = lowered.compile()
-  t2 = time.perf_counter()
+  t2, c2 = time.perf_counter(), time.process_time()
   mem = compiled.memory_analysis()
   per_device = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                 - mem.alias_size_in_bytes)
   out = {k: v for k, v in cell.items() if k != "collectives"}  # the plan's flag; the measured ones below
   out.update(
-      lower_s=t1 - t0, compile_s=t2 - t1, global_batch=rows, tokens_per_step=rows * seq,
+      lower_s=t1 - t0, compile_s=t2 - t1, compile_cpu_s=c2 - c1, global_batch=rows, tokens_per_step=rows * seq,
       student_params=student.num_params, teacher_params=teacher.num_params,
       memory={"argument": mem.argument_size_in_bytes, "output": mem.output_size_in_bytes,
               "temp": mem.temp_size_in_bytes, "alias": mem.alias_size_in_bytes, "per_device": per_device},
@@ -307,6 +307,10 @@ def plan(smoke: bool) -> list:
         accum = max(GLOBAL_BATCH // (n * m), 1)
         cells.append(dict(kind="fit", student=student, teacher=teacher, devices=n, mesh=[1, n, 1], micro_rows=m,
                           accum=accum, scan=True, remat=REMAT, seq=SEQ, loss_chunk=LOSS_CHUNK))
+    if n == 16:  # the v5e headroom: the next smaller microbatch of the 1B pair, even when 4 rows fit
+      cells.append(dict(kind="fit", student="student_1b", teacher="teacher_7b", devices=n, mesh=[1, n, 1],
+                        micro_rows=2, accum=GLOBAL_BATCH // (n * 2), scan=True, remat=REMAT, seq=SEQ,
+                        loss_chunk=LOSS_CHUNK, always=True))
     if n == 16:  # the layout before the 'fsdp' axis: data parallel, every chip holds the whole state
       cells.append(dict(kind="data_parallel", student="student_1b", teacher="teacher_7b", devices=n,
                         mesh=[n, 1, 1], micro_rows=1, accum=GLOBAL_BATCH // n, scan=True, remat=REMAT, seq=SEQ,
@@ -342,7 +346,9 @@ def worker(args) -> int:
     if cell["devices"] != args.devices or cell.get("collectives", True) != bool(args.collectives) \
         or cell_key(cell) in done:
       continue
-    if cell["kind"] == "fit" and _fits_with_more_rows(cell, done):
+    if args.kinds and cell["kind"] not in args.kinds.split(","):
+      continue
+    if cell["kind"] == "fit" and not cell.get("always") and _fits_with_more_rows(cell, done):
       continue  # a larger microbatch already fits the smallest chip: this one is not needed
     print(f"[{args.devices} devices] compiling {cell_key(cell)}", flush=True)
     try:
@@ -465,6 +471,8 @@ def main(argv=None) -> int:
   p.add_argument("--devices", type=int, default=None, help="(internal) run this device count's cells here")
   p.add_argument("--collectives", type=int, default=1, help="(internal) the cells that read collectives (HLO dumps)")
   p.add_argument("--device_counts", default=None, help="comma-separated subset of device counts to run")
+  p.add_argument("--kinds", default=None, help="comma-separated subset of cell kinds to run (fit, data_parallel, "
+                 "compile_time)")
   p.add_argument("--report_only", action="store_true", help="write the report from the cells run so far")
   args = p.parse_args(argv)
   args.out = args.out.rstrip("/")
@@ -486,7 +494,8 @@ def main(argv=None) -> int:
                 " --xla_dump_hlo_pass_re=^float-normalization-bf16$")
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, TF_CPP_MIN_LOG_LEVEL="3", PODS_COMMAND=command)
     cmd = [sys.executable, "-m", "benchmarks.pods", "--out", args.out, "--devices", str(n),
-           "--collectives", str(int(collectives))] + (["--smoke"] if args.smoke else [])
+           "--collectives", str(int(collectives))] + (["--smoke"] if args.smoke else []) + \
+          (["--kinds", args.kinds] if args.kinds else [])
     rc = subprocess.call(cmd, cwd=common.REPO_ROOT, env=env)
     if rc:
       print(f"the {n}-device worker exited {rc}; rerun to continue", flush=True)
