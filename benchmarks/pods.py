@@ -404,7 +404,57 @@ def summarize(cells: list, command: str) -> dict:
                    for k, v in sorted(best.items())},
           "compile_time": {f"{layers}_{'scanned' if scan else 'unrolled'}": c["lower_s"] + c["compile_s"]
                            for (layers, scan), c in sorted(compile_cells.items())},
+          "compile_cells": {f"{layers}_{'scanned' if scan else 'unrolled'}": {
+              "lower_s": c["lower_s"], "compile_s": c["compile_s"], "compile_cpu_s": c.get("compile_cpu_s"),
+              "per_device_gib": c["memory"]["per_device"] / GIB, "command": c.get("command")}
+                            for (layers, scan), c in sorted(compile_cells.items())},
           "collective_ratio": {view: {"min": min(r), "max": max(r)} if r else None for view, r in ratios.items()}}
+
+
+def reading(summary: dict) -> list:
+  """The report's findings as sentences computed from its cells (markdown lines)."""
+  cells = [c for c in summary["cells"] if "error" not in c]
+  fits = [c for c in cells if c["kind"] == "fit"]
+  lines = ["## Reading", ""]
+  shapes = ((16, "v5e"), (8, "v4"), (8, "v5e"), (32, "v5e"), (64, "v5e"))
+  for student, teacher in reversed(PAIRS):
+    for n, chip in shapes:
+      tried = [c for c in fits if (c["student"], c["teacher"], c["devices"]) == (student, teacher, n)]
+      if not tried:
+        continue
+      limit = FIT_FRACTION * HBM_GIB[chip]
+      best = summary["fits"].get(f"{student}|{teacher}|{n}|{chip}")
+      if best:
+        lines.append(f"- {student} + {teacher}, {n} {chip}-shaped chips (mesh {tuple(best['mesh'])}): **fits** with "
+                     f"{best['micro_rows']} rows per device x {best['accum']} microbatches (global batch "
+                     f"{best['micro_rows'] * n * best['accum']} x {SEQ} tokens): {best['per_device_gib']:.2f} GiB per "
+                     f"device of the {limit:.1f} GiB allowed ({HBM_GIB[chip]} GiB HBM)" +
+                     "".join(f"; {c['micro_rows']} rows x {c['accum']}: {c['memory']['per_device'] / GIB:.2f} GiB"
+                             for c in sorted(tried, key=lambda c: -c["micro_rows"])
+                             if c["micro_rows"] < best["micro_rows"]) + ".")
+      else:
+        low = min(tried, key=lambda c: c["memory"]["per_device"])
+        lines.append(f"- {student} + {teacher}, {n} {chip}-shaped chips: **does not fit**; the smallest tried "
+                     f"({low['micro_rows']} rows per device) needs {low['memory']['per_device'] / GIB:.2f} GiB of the "
+                     f"{limit:.1f} GiB allowed.")
+  if fits:
+    arg = [c["memory"]["argument"] / GIB for c in fits]
+    tmp = [c["memory"]["temp"] / GIB for c in fits]
+    lines.append(f"- With the 'fsdp' axis the arguments (student params, AdamW state, teacher, batch) are "
+                 f"{min(arg):.2f}-{max(arg):.2f} GiB per device; the temporaries (activations kept under remat, "
+                 f"gathered weights, the loss chunks) dominate at {min(tmp):.2f}-{max(tmp):.2f} GiB.")
+  for c in cells:
+    if c["kind"] == "data_parallel":
+      lines.append(f"- The same step data parallel (mesh {tuple(c['mesh'])}, every device holding the whole state): "
+                   f"{c['memory']['per_device'] / GIB:.2f} GiB per device ({c['memory']['argument'] / GIB:.2f} GiB "
+                   f"of arguments), which fits {', '.join(k for k, v in c['fits'].items() if v) or 'no chip'}.")
+  r = summary["collective_ratio"]
+  if r.get("partitioned"):
+    lines.append(f"- Collective bytes per step / the analytic FSDP volume, every FSDP cell with model = 1: "
+                 f"{r['partitioned']['min']:.3f}-{r['partitioned']['max']:.3f}x in the partitioned program "
+                 f"(bf16 gathers as the TPU would move them), {r['compiled']['min']:.3f}-{r['compiled']['max']:.3f}x "
+                 f"in the CPU program against the f32 analytic volume (target: within 1.3x).")
+  return lines + [""]
 
 
 def write_markdown(summary: dict, path: str) -> None:
@@ -414,19 +464,19 @@ def write_markdown(summary: dict, path: str) -> None:
            ""] + [f"- `{c}`" for c in summary["commands"]] + ["",
            f"Report written by: `{summary['command']}`", "",
            "Every figure is from `jax.jit(...).lower(...).compile()` of guide_jax.trainer's KD train step "
-           "(AdamW, KD alpha 0.5, seq 2048, remat 'full', scanned layers, loss chunk 512) on N virtual CPU "
+           "(AdamW, KD alpha 0.5, seq 2048, remat 'full', scanned layers except the unrolled compile-time cells, loss chunk 512) on N virtual CPU "
            "devices (`--xla_force_host_platform_device_count=N`), from ShapeDtypeStructs only. **A CPU compile "
            "is a proxy for TPU memory**: XLA's TPU compiler schedules, fuses and rematerializes differently and "
            "has fused attention kernels this CPU program does not use; these are the buffers XLA:CPU assigns "
            "to one device, not a measurement on a TPU. 'Fits' = per-device total <= 90% of the chip's HBM "
-           f"({', '.join(f'{k} {v} GiB' for k, v in HBM_GIB.items())}).", "",
+           f"({', '.join(f'{k} {v} GiB' for k, v in HBM_GIB.items())}).", ""] + reading(summary) + [
            "## Per-device memory (GiB) and collectives", "",
            "| student + teacher | devices | mesh (data, fsdp, model) | micro rows/device x accum = global batch | "
            "arguments | temporaries | total | v5e | v4 | v5p | collectives GiB/step, CPU program (measured / "
            "analytic f32) | partitioned, before XLA:CPU widens bf16 (measured / analytic) | compile s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   yes = lambda b: "fits" if b else "no"
-  for c in cells:
+  for c in sorted(cells, key=lambda c: (c["devices"], c["student"], c["kind"], -c["micro_rows"])):
     if c["kind"] not in ("fit", "data_parallel"):
       continue
     name = f"{c['student']} + {c['teacher']}" + (" (data parallel)" if c["kind"] == "data_parallel" else "")
@@ -454,12 +504,25 @@ def write_markdown(summary: dict, path: str) -> None:
                          f"({chips[chip]['per_device_gib']:.1f} GiB)" if chip in chips else "none tried fits")
     lines.append(f"| {s} + {t} | {n} | {cell('v5e')} | {cell('v4')} | {cell('v5p')} |")
   if summary["compile_time"]:
-    lines += ["", "## Compile time, scanned vs unrolled (student_1b + teacher_7b widths, 8 devices)", "",
-              "| teacher layers | scanned s | unrolled s | unrolled / scanned |", "|---|---|---|---|"]
+    lines += ["", "## Compile time and memory, scanned vs unrolled (student_1b + teacher_7b widths, 8 devices, "
+              "1 row per device, no accumulation)", "",
+              "Wall seconds of lower + compile, one process on a machine shared with other jobs (2 cores): "
+              "comparable only within one run; the compile's CPU seconds (all its threads) are less sensitive to "
+              "that load. Per-device GiB as in the table above.", "",
+              "| teacher layers | scanned: wall s / compile CPU s / GiB | unrolled: wall s / compile CPU s / GiB | "
+              "unrolled / scanned wall | unrolled / scanned GiB |", "|---|---|---|---|---|"]
+    cc = summary["compile_cells"]
+    fmt = lambda c: (f"{c['lower_s'] + c['compile_s']:.0f} / "
+                     f"{'-' if c['compile_cpu_s'] is None else format(c['compile_cpu_s'], '.0f')} / "
+                     f"{c['per_device_gib']:.1f}") if c else "-"
     for layers in (32, 80):
-      s_, u_ = summary["compile_time"].get(f"{layers}_scanned"), summary["compile_time"].get(f"{layers}_unrolled")
-      ratio = f"{u_ / s_:.1f}x" if s_ and u_ else "-"
-      lines.append(f"| {layers} | {s_ and round(s_)} | {u_ and round(u_)} | {ratio} |")
+      sc, un = cc.get(f"{layers}_scanned"), cc.get(f"{layers}_unrolled")
+      if sc and un:
+        wall = (un["lower_s"] + un["compile_s"]) / (sc["lower_s"] + sc["compile_s"])
+        ratios = f"{wall:.1f}x | {un['per_device_gib'] / sc['per_device_gib']:.1f}x"
+      else:
+        ratios = "- | -"
+      lines.append(f"| {layers} | {fmt(sc)} | {fmt(un)} | {ratios} |")
   from guide_jax.data import atomic  # pylint: disable=g-import-not-at-top
   atomic.atomic_write_text(path, "\n".join(lines) + "\n")
 
