@@ -211,3 +211,27 @@ def test_hlo_collectives_counts_each_op_times_its_loop_trips():
   totals = pods.hlo_collectives(jax.jit(f).lower(w, c).compile().as_text(), details)
   assert totals["all-gather"]["bytes"] == 3 * 128 * 4, details
   assert [(kind, nbytes, times) for kind, nbytes, times, _ in details] == [("all-gather", 512, 3)]
+
+
+def test_guide_and_weight_selection_on_an_fsdp_mesh_equal_one_device_in_the_training_shardings():
+  """The starts on an 8-way 'fsdp' mesh: the student comes out on the train state's shardings with
+  the values of the unsharded init (to 1e-5 of each array's scale; the teacher spectrum of
+  test_transforms' sharded GUIDE test, so that f32 PCA eigenvectors are well conditioned)."""
+  from guide_jax.transforms import guide_init, weight_selection_init  # pylint: disable=g-import-not-at-top
+  from test_transforms import EQ_S, EQ_T  # pylint: disable=g-import-not-at-top
+  teacher = model.init_params(EQ_T, jax.random.key(0))
+  table = teacher["decoder"]["token_embedder"]["embedding"]
+  teacher["decoder"]["token_embedder"]["embedding"] = table * jax.numpy.linspace(4.0, 0.5, EQ_T.d_model)
+  mesh = mesh_of((1, 8, 1))
+  want = trainer.abstract_state(EQ_S, optax.adamw(1e-3), mesh).param_shardings
+  sharded_teacher = jax.device_put(teacher, sharding.param_shardings(EQ_T, mesh))
+  for name, init in (("guide", lambda t, m: guide_init(t, EQ_T, EQ_S, mesh=m).params),
+                     ("weight_selection", lambda t, m: weight_selection_init(t, EQ_T, EQ_S, mesh=m))):
+    plain, sharded = init(teacher, None), init(sharded_teacher, mesh)
+    for (path, a), b, sh in zip(jax.tree_util.tree_flatten_with_path(plain)[0], jax.tree_util.tree_leaves(sharded),
+                                jax.tree_util.tree_leaves(want)):
+      where = f"{name} {jax.tree_util.keystr(path)}"
+      assert b.sharding == sh, where
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5 * float(np.max(np.abs(a))),
+                                 err_msg=where)
+  assert any("fsdp" in str(sh.spec) for sh in jax.tree_util.tree_leaves(want))
