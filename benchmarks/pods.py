@@ -448,6 +448,16 @@ def reading(summary: dict) -> list:
       lines.append(f"- The same step data parallel (mesh {tuple(c['mesh'])}, every device holding the whole state): "
                    f"{c['memory']['per_device'] / GIB:.2f} GiB per device ({c['memory']['argument'] / GIB:.2f} GiB "
                    f"of arguments), which fits {', '.join(k for k, v in c['fits'].items() if v) or 'no chip'}.")
+  cc = summary.get("compile_cells", {})
+  for layers in (32, 80):
+    sc, un = cc.get(f"{layers}_scanned"), cc.get(f"{layers}_unrolled")
+    if sc and un:
+      cpu = (f"; compile CPU seconds {un['compile_cpu_s']:.0f} unrolled vs {sc['compile_cpu_s']:.0f} scanned "
+             f"({un['compile_cpu_s'] / sc['compile_cpu_s']:.1f}x)" if sc.get("compile_cpu_s") and un.get("compile_cpu_s")
+             else "")
+      lines.append(f"- {layers}-layer teacher, 1 row per device on 8 devices: the unrolled step needs "
+                   f"{un['per_device_gib']:.1f} GiB per device against {sc['per_device_gib']:.1f} GiB scanned "
+                   f"({un['per_device_gib'] / sc['per_device_gib']:.1f}x){cpu}.")
   r = summary["collective_ratio"]
   if r.get("partitioned"):
     lines.append(f"- Collective bytes per step / the analytic FSDP volume, every FSDP cell with model = 1: "
@@ -503,6 +513,8 @@ def write_markdown(summary: dict, path: str) -> None:
     cell = lambda chip: (f"{chips[chip]['micro_rows']} rows x {chips[chip]['accum']} accum "
                          f"({chips[chip]['per_device_gib']:.1f} GiB)" if chip in chips else "none tried fits")
     lines.append(f"| {s} + {t} | {n} | {cell('v5e')} | {cell('v4')} | {cell('v5p')} |")
+  if not any(c["kind"] in ("fit", "data_parallel") for c in cells):  # a compile-time-only run: no empty tables
+    lines = lines[:lines.index("## Per-device memory (GiB) and collectives")]
   if summary["compile_time"]:
     lines += ["", "## Compile time and memory, scanned vs unrolled (student_1b + teacher_7b widths, 8 devices, "
               "1 row per device, no accumulation)", "",
