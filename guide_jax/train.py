@@ -62,7 +62,8 @@ def maybe_initialize_distributed() -> None:
 
 def check_run_args(model: ModelConfig, optimizer, train_steps: int, start, teacher: TeacherConfig,
                    data: DataConfig, checkpoint: CheckpointConfig, eval_every: int, log_every: int,
-                   model_parallel: int, num_devices: Optional[int], mesh_shape=None) -> None:
+                   model_parallel: int, num_devices: Optional[int], mesh_shape=None, grad_accum_steps: int = 1,
+                   loss_chunk: Optional[int] = None) -> None:
   """That every argument is of its kind (the configs checked their own fields when built)."""
   for name, value, kind in (("model", model, ModelConfig), ("teacher", teacher, TeacherConfig),
                             ("data", data, DataConfig), ("checkpoint", checkpoint, CheckpointConfig)):
@@ -74,9 +75,12 @@ def check_run_args(model: ModelConfig, optimizer, train_steps: int, start, teach
                      "(bind train.optimizer = @optim.make_optimizer())")
   if not isinstance(train_steps, int) or isinstance(train_steps, bool) or train_steps < 1:
     raise ValueError(f"TRAIN_STEPS must be a positive int, got {train_steps!r}")
-  for name, value in (("eval_every", eval_every), ("log_every", log_every), ("model_parallel", model_parallel)):
+  for name, value in (("eval_every", eval_every), ("log_every", log_every), ("model_parallel", model_parallel),
+                      ("grad_accum_steps", grad_accum_steps)):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ValueError(f"train.{name} must be a positive int, got {value!r}")
+  if loss_chunk is not None and (not isinstance(loss_chunk, int) or isinstance(loss_chunk, bool) or loss_chunk < 1):
+    raise ValueError(f"train.loss_chunk must be None or a positive int, got {loss_chunk!r}")
   if mesh_shape is not None:
     sharding.resolve_mesh_shape(mesh_shape, num_devices or len(jax.devices()))
   if num_devices is not None and not 1 <= num_devices <= len(jax.devices()):
@@ -189,7 +193,7 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   """
   # ----------------------------------------------------------------------------- checks
   check_run_args(model, optimizer, train_steps, start, teacher, data, checkpoint, eval_every, log_every,
-                 model_parallel, num_devices, mesh_shape)
+                 model_parallel, num_devices, mesh_shape, grad_accum_steps, loss_chunk)
   init_name, init_options = starts.describe(start)
   run_meta = {"data": data.data_dir or data.corpus, "seq_len": data.seq_len, "batch_size": data.batch_size,
               "seed": seed, "init": init_name, "start": init_options,
@@ -202,8 +206,6 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   devices = jax.devices()[:num_devices] if num_devices else jax.devices()
   mesh = sharding.make_mesh(devices=devices, shape=mesh_shape or sharding.default_mesh_shape(devices, model_parallel))
   trainer.check_batch(data.batch_size, mesh, grad_accum_steps)
-  if loss_chunk is not None and (not isinstance(loss_chunk, int) or isinstance(loss_chunk, bool) or loss_chunk < 1):
-    raise ValueError(f"train.loss_chunk must be None or a positive int, got {loss_chunk!r}")
 
   # ----------------------------------------------------------------------------- data
   from guide_jax.data import batches as batches_lib, prepare, prepared  # numpy only (TF only to prepare)

@@ -235,3 +235,14 @@ def test_guide_and_weight_selection_on_an_fsdp_mesh_equal_one_device_in_the_trai
       np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5 * float(np.max(np.abs(a))),
                                  err_msg=where)
   assert any("fsdp" in str(sh.spec) for sh in jax.tree_util.tree_leaves(want))
+
+
+@pytest.mark.parametrize("binding,message", [
+    ({"train.train.mesh_shape": (1, 3, 1)}, "mesh_shape"),
+    ({"train.train.grad_accum_steps": 3}, "grad_accum_steps"),
+    ({"train.train.loss_chunk": 0}, "loss_chunk"),
+])
+def test_bad_pod_knobs_fail_clearly_and_write_nothing(tmp_path, binding, message):
+  with pytest.raises(ValueError, match=message):
+    _train(MICRO, _bindings(tmp_path / "run", **binding))
+  assert not (tmp_path / "run").exists()
