@@ -458,6 +458,20 @@ def reading(summary: dict) -> list:
       lines.append(f"- {layers}-layer teacher, 1 row per device on 8 devices: the unrolled step needs "
                    f"{un['per_device_gib']:.1f} GiB per device against {sc['per_device_gib']:.1f} GiB scanned "
                    f"({un['per_device_gib'] / sc['per_device_gib']:.1f}x){cpu}.")
+  by_pair = collections.defaultdict(list)
+  for c in fits:
+    if c.get("collectives"):
+      by_pair[(c["student"], c["teacher"], c["devices"])].append(c)
+  parts = []
+  for (student, teacher, n), group in sorted(by_pair.items()):
+    if len({c["accum"] for c in group}) > 1:
+      steps = ", ".join(f"{c['collectives']['partitioned']['measured_total'] / GIB:.0f} GiB with {c['accum']}"
+                        for c in sorted(group, key=lambda c: c["accum"]))
+      parts.append(f"{student} + {teacher} on {n} devices: {steps} microbatches")
+  if parts:
+    lines.append(f"- Every microbatch gathers the weights again, so the collective bytes per device and step grow "
+                 f"with the number of microbatches (partitioned program; {'; '.join(parts)}): memory traded for "
+                 f"communication.")
   r = summary["collective_ratio"]
   if r.get("partitioned"):
     lines.append(f"- Collective bytes per step / the analytic FSDP volume, every FSDP cell with model = 1: "
