@@ -10,7 +10,7 @@ DTYPES = ("float32", "bfloat16")
 PARAM_DTYPES = ("float32", "bfloat16", "float16")  # float16: Hugging Face checkpoints stored in it
 EMBEDDING_STYLES = ("t5x", "hf", "gemma")
 LAYER_KINDS = "GL"  # layer_pattern letters: G global (full causal) attention, L local (sliding window)
-REMAT_POLICIES = ("none", "full", "dots")
+REMAT_POLICIES = ("none", "full", "dots", "offload")
 BLOCKS = ("first", "all", "none")
 OTHER_BLOCKS = ("uniform_selection", "random")
 LAYER_SELECTIONS = ("first_n", "uniform")
@@ -25,6 +25,10 @@ class ModelConfig:
   d_model (d), n_layers (n), n_heads (h), head_dim (l), mlp_dim (f), vocab_size (V).
   position_embedding: 'rope' (rotate-half RoPE) or 'relpos' (t5x's T5 relative biases).
   dtype: activation dtype; params are always stored in param_dtype (float32).
+  remat: what each layer's backward keeps ('none'; 'full': only its input; 'dots': also the weight
+    matmuls' outputs; 'offload': those in host memory, accelerators only).
+  scan_layers: run the layers as one nn.scan (one compiled layer body; compile time flat in depth).
+    An execution option like remat: the param tree stays t5x's layers_N (guide_jax.model).
   mlp_activation: 'gelu' (tanh approximation, t5x's), 'gelu_exact' (erf), 'silu' or 'relu'.
   rope_scaling: RoPE frequency scaling as transformers computes it (guide_jax.model.rope_frequencies):
     'none'; 'linear' (every frequency / rope_scaling_factor); 'llama3' (Llama 3.1: wavelengths below
@@ -70,6 +74,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat: str = "none"
   attention_impl: str = "xla"  # passed to jax.nn.dot_product_attention ('xla' | 'cudnn')
+  scan_layers: bool = False
   rope_scaling: str = "none"
   rope_scaling_factor: float = 1.0
   rope_low_freq_factor: float = 1.0
@@ -100,6 +105,8 @@ class ModelConfig:
     _check_choice("param_dtype", self.param_dtype, PARAM_DTYPES)
     _check_choice("remat", self.remat, REMAT_POLICIES)
     _check_choice("attention_impl", self.attention_impl, ("xla", "cudnn"))
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"ModelConfig.scan_layers must be a bool, got {self.scan_layers!r}")
     if self.position_embedding == "rope" and self.head_dim % 2:
       raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
     self._check_rope_scaling()

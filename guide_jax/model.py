@@ -25,6 +25,17 @@ its own leaves; docs/gqa_and_families.md):
   post_norms: layers_{i}/post_self_attention_layer_norm/scale, layers_{i}/post_mlp_layer_norm/scale [d].
 Per-layer options (layer_pattern: sliding window mask, RoPE frequencies) reach a layer as call
 arguments (mask, freqs), so every DecoderLayer is the same module.
+
+scan_layers (ModelConfig, off by default): the forward runs the layers as one nn.scan over their
+params stacked on a leading 'layers' axis (one compiled layer body, so compile time does not grow
+with depth). The parameter tree stays t5x's layers_N everywhere (init, checkpoints, transforms,
+exports): apply() stacks the layers inside the compiled program (stack_layers) and gradients come
+back to the layers_N leaves; scanned and unrolled forwards give the same logits and gradients.
+
+Activations carry logical sharding constraints (batch over the mesh's batch axes, embed unsplit;
+guide_jax.sharding.LOGICAL_AXIS_RULES): no-ops unless a caller traces under
+sharding.activation_rules(mesh), as the train step does, so with FSDP XLA gathers weights per layer
+instead of moving activations.
 """
 import functools
 import math
@@ -50,6 +61,25 @@ def _fan_in_init(fan_in: int, scale: float = 1.0):
   return lambda key, shape, dtype: stddev * jax.random.normal(key, shape, dtype)
 
 
+# Logical axes of the residual stream [B, T, d] (guide_jax.sharding maps them to mesh axes).
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+
+def constrain_activations(x):
+  """x [B, T, d] constrained to ACTIVATION_AXES (a no-op outside sharding.activation_rules)."""
+  return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+
+def gathered(x, axes: Sequence[str], dtype=None):
+  """A weight as a layer uses it: cast to `dtype` where it lies (on its shards), then made whole
+  along its 'embed' axis: FSDP's per-layer all-gather, moving `dtype` bytes (the compute dtype for
+  the layers' kernels, the stored dtype for the embedding table and norm scales). No-ops outside
+  sharding.activation_rules, where XLA places the cast and the gather as it likes."""
+  if dtype is not None and x.dtype != dtype:
+    x = nn.with_logical_constraint(x.astype(dtype), tuple(axes))
+  return nn.with_logical_constraint(x, tuple(None if a == "embed" else a for a in axes))
+
+
 class RMSNorm(nn.Module):
   """T5 layer norm: x / sqrt(mean(x^2) + eps) * (offset + scale); param 'scale' [d] (axis,).
 
@@ -64,8 +94,8 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x):
     init = nn.initializers.constant(1.0 - self.offset)
-    scale = self.param("scale", nn.with_logical_partitioning(init, (self.axis_name,)),
-                       (x.shape[-1],), self.param_dtype)
+    scale = gathered(self.param("scale", nn.with_logical_partitioning(init, (self.axis_name,)),
+                                (x.shape[-1],), self.param_dtype), (self.axis_name,))
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return (y * (self.offset + scale.astype(jnp.float32))).astype(self.dtype)
@@ -92,11 +122,13 @@ class Kernel(nn.Module):
         _fan_in_init(fan_in, self.init_scale), tuple(self.axes)), shape, self.param_dtype)
     n_in = len(self.in_shape)
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())))
+    kernel = gathered(kernel, self.axes, jnp.dtype(self.dtype))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel, (contract, ((), ())))
     if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.axes)[n_in:]),
+      axes = tuple(self.axes)[n_in:]
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, axes),
                         tuple(self.out_shape), self.param_dtype)
-      y = y + bias.astype(self.dtype)
+      y = y + gathered(bias, axes, jnp.dtype(self.dtype))
     return y
 
 
@@ -262,12 +294,17 @@ class DecoderLayer(nn.Module):
         norm(name="pre_self_attention_layer_norm")(x), mask, bias, positions, freqs)
     x = x + (norm(name="post_self_attention_layer_norm")(y) if cfg.post_norms else y)
     y = MlpBlock(cfg, name="mlp")(norm(name="pre_mlp_layer_norm")(x))
-    return x + (norm(name="post_mlp_layer_norm")(y) if cfg.post_norms else y)
+    return constrain_activations(x + (norm(name="post_mlp_layer_norm")(y) if cfg.post_norms else y))
 
 
+# ModelConfig.remat -> what a layer's backward keeps from its forward (the rest is recomputed):
+# 'full' keeps only the layer's input (per-layer activation memory bounded by one layer),
+# 'dots' also the weight matmuls' outputs, 'offload' the same as 'dots' but in host memory
+# (accelerators with pinned host memory; XLA's CPU compiler ignores the memory kind).
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
 }
 
 
@@ -281,12 +318,65 @@ def tied_logits_scale(config: ModelConfig) -> float:
   return 1.0 / math.sqrt(config.d_model) if config.embedding_style == "t5x" else 1.0
 
 
-class Decoder(nn.Module):
-  """Embedding -> n DecoderLayers -> RMSNorm -> logits (float32)."""
+def output_head(config: ModelConfig, params):
+  """The params output_logits reads ({'decoder': {'token_embedder': ...} or {'logits_dense': ...}}),
+  gathered (model.gathered, in their stored dtype): gather once, then apply to many slices."""
+  dec = params["decoder"]
+  if config.tie_embeddings:
+    return {"decoder": {"token_embedder": {"embedding": gathered(dec["token_embedder"]["embedding"],
+                                                                 ("vocab", "embed"))}}}
+  return {"decoder": {"logits_dense": {"kernel": gathered(dec["logits_dense"]["kernel"], ("embed", "vocab"))}}}
+
+
+def output_logits(config: ModelConfig, params, y):
+  """The output layer, written once: final hidden states y [..., d] (decoder_norm's output) ->
+  logits [..., V] float32. params: the model's tree ({'decoder': ...}; only output_head's part is read).
+
+  Tied: c * y E^T (c = tied_logits_scale); untied: y K (logits_dense/kernel [d, V]); then
+  final_logit_softcap * tanh(. / cap) when set. The chunked loss (guide_jax.losses) calls it on
+  slices of y with output_head(params) gathered once, so that a whole [B, T, V] never exists.
+  """
+  dec = output_head(config, params)["decoder"]
+  y = y.astype(jnp.float32)
+  if config.tie_embeddings:
+    logits = jnp.einsum("...d,vd->...v", y, dec["token_embedder"]["embedding"].astype(jnp.float32))
+    if config.embedding_style == "t5x":  # t5x: y E^T / sqrt(d); transformers: y E^T
+      logits = logits / jnp.sqrt(jnp.float32(config.d_model))
+  else:
+    logits = jnp.einsum("...d,dv->...v", y, dec["logits_dense"]["kernel"].astype(jnp.float32))
+  if config.final_logit_softcap is not None:
+    logits = config.final_logit_softcap * jnp.tanh(logits / config.final_logit_softcap)
+  return logits
+
+
+def _layer_class(config: ModelConfig):
+  if config.remat == "none":
+    return DecoderLayer
+  return nn.remat(DecoderLayer, policy=_REMAT_POLICIES[config.remat], prevent_cse=not config.scan_layers)
+
+
+class _ScanStep(nn.Module):
+  """One step of the scanned layer stack: (x, is this layer local?) -> (x, None), the DecoderLayer
+  (param scope 'layer') with its layer kind's mask and RoPE frequencies."""
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens, segment_ids=None, positions=None):
+  def __call__(self, x, local, masks, bias, positions, freqs):
+    mask, f = masks["G"], freqs["G"]
+    if "L" in masks:
+      mask = jnp.where(local, masks["L"], masks["G"])
+      if f is not None:
+        f = jnp.where(local, jnp.asarray(freqs["L"]), jnp.asarray(f))
+    return _layer_class(self.config)(self.config, name="layer")(x, mask, bias, positions, f), None
+
+
+class Decoder(nn.Module):
+  """Embedding -> n DecoderLayers (unrolled, or one nn.scan with scan_layers) -> RMSNorm -> logits
+  (float32), or the normed hidden states [B, T, d] float32 with hidden=True."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens, segment_ids=None, positions=None, hidden=False):
     cfg = self.config
     dt, pdt = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
     b, t = tokens.shape
@@ -311,25 +401,39 @@ class Decoder(nn.Module):
     x = table(tokens)
     if cfg.embedding_style == "gemma":  # Gemma: x0 = sqrt(d) E[tok]
       x = x.astype(jnp.float32) * jnp.sqrt(jnp.float32(cfg.d_model))
-    x = x.astype(dt)
-    layer_cls = DecoderLayer
-    if cfg.remat != "none":
-      layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat])
-    for i in range(cfg.n_layers):
-      kind = cfg.layer_kind(i)
-      x = layer_cls(cfg, name=f"layers_{i}")(x, masks[kind], bias, positions, freqs[kind])
+    x = constrain_activations(x.astype(dt))
+    if cfg.scan_layers:
+      local = jnp.asarray([cfg.layer_kind(i) == "L" for i in range(cfg.n_layers)])
+      scanned = nn.scan(_ScanStep, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                        length=cfg.n_layers)
+      x, _ = scanned(cfg, name="layers")(x, local, masks, bias, positions, freqs)
+    else:
+      layer_cls = _layer_class(cfg)
+      for i in range(cfg.n_layers):
+        kind = cfg.layer_kind(i)
+        x = layer_cls(cfg, name=f"layers_{i}")(x, masks[kind], bias, positions, freqs[kind])
     y = RMSNorm(eps=cfg.norm_eps, dtype=jnp.float32, param_dtype=pdt, offset=cfg.norm_offset,
                 name="decoder_norm")(x)
     if cfg.tie_embeddings:
-      logits = table.attend(y)
-      if cfg.embedding_style == "t5x":  # t5x: y E^T / sqrt(d); transformers: y E^T
-        logits = logits / jnp.sqrt(jnp.float32(cfg.d_model))
+      head = {"token_embedder": {"embedding": table.embedding}}
     else:
-      logits = Kernel(in_shape=(cfg.d_model,), out_shape=(cfg.vocab_size,), axes=("embed", "vocab"),
-                      dtype=jnp.float32, param_dtype=pdt, name="logits_dense")(y)
-    if cfg.final_logit_softcap is not None:
-      logits = cfg.final_logit_softcap * jnp.tanh(logits / cfg.final_logit_softcap)
-    return logits
+      head = {"logits_dense": {"kernel": Weight((cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                                                param_dtype=pdt, name="logits_dense")()}}
+    return y if hidden else output_logits(cfg, {"decoder": head}, y)
+
+
+class Weight(nn.Module):
+  """A module holding one [fan_in, ...] param 'kernel' (Kernel's init) and returning it: the untied
+  output layer's logits_dense/kernel, which output_logits applies."""
+  shape: Sequence[int]
+  axes: Sequence[str]
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self):
+    return self.param("kernel", nn.with_logical_partitioning(_fan_in_init(self.shape[0]), tuple(self.axes)),
+                      tuple(self.shape), self.param_dtype)
 
 
 class TokenEmbedder(nn.Module):
@@ -344,31 +448,29 @@ class TokenEmbedder(nn.Module):
         (self.num_embeddings, self.features), self.param_dtype)
 
   def __call__(self, tokens):
-    return jnp.take(self.embedding, tokens, axis=0)
-
-  def attend(self, y):
-    """y [..., d] -> y E^T [..., V] in float32."""
-    return jnp.einsum("...d,vd->...v", y.astype(jnp.float32), self.embedding.astype(jnp.float32))
+    return jnp.take(gathered(self.embedding, ("vocab", "embed")), tokens, axis=0)
 
 
 class Transformer(nn.Module):
   """Wrapper that gives the outer 'decoder/' scope, like t5x's DecoderWrapper.
 
-  __call__(tokens [B, T] int32, segment_ids [B, T] | None, positions [B, T] | None)
-    -> logits [B, T, V] float32.
+  __call__(tokens [B, T] int32, segment_ids [B, T] | None, positions [B, T] | None, hidden=False)
+    -> logits [B, T, V] float32 (hidden=True: the normed hidden states [B, T, d] float32).
+  With config.scan_layers the params it applies are stack_layers' tree (apply() stacks them).
   """
   config: ModelConfig
 
   def setup(self):
     self.decoder = Decoder(self.config)
 
-  def __call__(self, tokens, segment_ids=None, positions=None):
-    return self.decoder(tokens, segment_ids, positions)
+  def __call__(self, tokens, segment_ids=None, positions=None, hidden=False):
+    return self.decoder(tokens, segment_ids, positions, hidden)
 
 
 def init_params(config: ModelConfig, rng: Array, *, boxed: bool = False):
-  """Fresh parameters {'decoder': {...}}; boxed=True keeps flax's Partitioned metadata."""
-  variables = Transformer(config).init(rng, jnp.zeros((1, 1), jnp.int32))
+  """Fresh parameters {'decoder': {...}} (t5x's layers_N tree, whatever scan_layers says: the same
+  values either way); boxed=True keeps flax's Partitioned metadata."""
+  variables = Transformer(config.replace(scan_layers=False)).init(rng, jnp.zeros((1, 1), jnp.int32))
   params = variables["params"]
   return params if boxed else nn.unbox(params)
 
@@ -384,6 +486,48 @@ def logical_axes(config: ModelConfig):
   return nn.get_partition_spec(boxed)
 
 
-def apply(config: ModelConfig, params, tokens, segment_ids=None, positions=None, **kw):
-  """Functional forward: logits [B, T, V] float32."""
-  return Transformer(config).apply({"params": params}, tokens, segment_ids, positions, **kw)
+def layer_names(config: ModelConfig):
+  """The layers' keys in the param tree: layers_0 .. layers_{n-1}."""
+  return [f"layers_{i}" for i in range(config.n_layers)]
+
+
+def restack(config: ModelConfig, tree, combine):
+  """A tree shaped like the params (arrays, shardings, ShapeDtypeStructs) with decoder/layers_i/...
+  replaced by decoder/layers/layer/..., each leaf combine([the n layers' leaves]): the tree the
+  scanned forward applies (stack_layers)."""
+  dec = dict(tree["decoder"])
+  layers = [dec.pop(name) for name in layer_names(config)]
+  stacked = jax.tree_util.tree_map(lambda *xs: combine(xs), *layers)
+  return {**tree, "decoder": {**dec, "layers": {"layer": stacked}}}
+
+
+def is_stacked(params) -> bool:
+  """Whether params are stack_layers' tree (decoder/layers/layer) rather than t5x's layers_N."""
+  return "layers" in params["decoder"]
+
+
+def stack_layers(config: ModelConfig, params):
+  """t5x's tree -> the tree the scanned forward applies (restack): every layer leaf stacked on a new
+  leading axis [n, ...] (logical axis 'layers'). Inside a compiled program this is one concatenation
+  per leaf, sharded as its leaves (constrained under sharding.activation_rules)."""
+  stacked = restack(config, params, jnp.stack)
+  axes = _layer_axes(config)
+  layer = jax.tree_util.tree_map(lambda a, x: nn.with_logical_constraint(x, ("layers",) + tuple(a)), axes,
+                                 stacked["decoder"]["layers"]["layer"],
+                                 is_leaf=lambda a: isinstance(a, jax.sharding.PartitionSpec))
+  return {**stacked, "decoder": {**stacked["decoder"], "layers": {"layer": layer}}}
+
+
+@functools.lru_cache(maxsize=64)
+def _layer_axes(config: ModelConfig):
+  """Logical axes (PartitionSpecs) of one layer's leaves (those of layers_0)."""
+  return logical_axes(config.replace(scan_layers=False))["decoder"]["layers_0"]
+
+
+def apply(config: ModelConfig, params, tokens, segment_ids=None, positions=None, hidden: bool = False, **kw):
+  """Functional forward on t5x's tree: logits [B, T, V] float32 (hidden=True: the normed hidden
+  states [B, T, d] float32, for output_logits). scan_layers: the layers stacked first (stack_layers),
+  unless params already are (a KD teacher stacked once: trainer.stack_teacher)."""
+  if config.scan_layers and not is_stacked(params):
+    params = stack_layers(config, params)
+  return Transformer(config).apply({"params": params}, tokens, segment_ids, positions, hidden, **kw)

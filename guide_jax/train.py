@@ -33,7 +33,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from absl import app, flags, logging
 import gin
@@ -70,7 +70,8 @@ def maybe_initialize_distributed() -> None:
 
 def check_run_args(model: ModelConfig, optimizer, train_steps: int, start, teacher: TeacherConfig,
                    data: DataConfig, checkpoint: CheckpointConfig, eval_every: int, log_every: int,
-                   model_parallel: int, num_devices: Optional[int]) -> None:
+                   model_parallel: int, num_devices: Optional[int], mesh_shape=None, grad_accum_steps: int = 1,
+                   loss_chunk: Optional[int] = None) -> None:
   """That every argument is of its kind (the configs checked their own fields when built)."""
   for name, value, kind in (("model", model, ModelConfig), ("teacher", teacher, TeacherConfig),
                             ("data", data, DataConfig), ("checkpoint", checkpoint, CheckpointConfig)):
@@ -82,9 +83,14 @@ def check_run_args(model: ModelConfig, optimizer, train_steps: int, start, teach
                      "(bind train.optimizer = @optim.make_optimizer())")
   if not isinstance(train_steps, int) or isinstance(train_steps, bool) or train_steps < 1:
     raise ValueError(f"TRAIN_STEPS must be a positive int, got {train_steps!r}")
-  for name, value in (("eval_every", eval_every), ("log_every", log_every), ("model_parallel", model_parallel)):
+  for name, value in (("eval_every", eval_every), ("log_every", log_every), ("model_parallel", model_parallel),
+                      ("grad_accum_steps", grad_accum_steps)):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ValueError(f"train.{name} must be a positive int, got {value!r}")
+  if loss_chunk is not None and (not isinstance(loss_chunk, int) or isinstance(loss_chunk, bool) or loss_chunk < 1):
+    raise ValueError(f"train.loss_chunk must be None or a positive int, got {loss_chunk!r}")
+  if mesh_shape is not None:
+    sharding.resolve_mesh_shape(mesh_shape, num_devices or len(jax.devices()))
   if num_devices is not None and not 1 <= num_devices <= len(jax.devices()):
     raise ValueError(f"train.num_devices={num_devices!r}, but this host has {len(jax.devices())} "
                      f"{jax.devices()[0].platform} device(s)")
@@ -184,7 +190,8 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
           start: starts.Start = gin.REQUIRED, teacher: TeacherConfig = TeacherConfig(),
           data: DataConfig = DataConfig(), checkpoint: CheckpointConfig = CheckpointConfig(), seed: int = 0,
           eval_every: int = 100, log_every: int = 20, model_parallel: int = 1,
-          num_devices: Optional[int] = None, stop_after: Optional[int] = None) -> dict:
+          num_devices: Optional[int] = None, mesh_shape: Optional[Sequence[int]] = None,
+          grad_accum_steps: int = 1, loss_chunk: Optional[int] = None, stop_after: Optional[int] = None) -> dict:
   """Train `model` for train_steps; returns (and writes model_dir/results.json) the final eval.
 
   start: how a fresh run's params start (a guide_jax.starts factory's function). seed: the data
@@ -192,10 +199,16 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   stop_after: end (with a checkpoint) after that many steps of this process, leaving the run
   resumable (tests, preemptible jobs). A non-finite loss or parameter stops the run without
   saving: results.json then says finished=false with the error and the last good step.
+  mesh_shape: (data, fsdp, model), one entry may be -1 (sharding.resolve_mesh_shape); None:
+  sharding.default_mesh_shape (model_parallel on 'model', every other device on 'fsdp'); a
+  mesh_shape overrides model_parallel.
+  grad_accum_steps: the global batch as that many microbatches in one step (same update, less
+  memory). loss_chunk: the loss over that many positions at a time (no whole [B, T, V] logits).
+  model.scan_layers scans the KD teacher's layers too.
   """
   # ----------------------------------------------------------------------------- checks
   check_run_args(model, optimizer, train_steps, start, teacher, data, checkpoint, eval_every, log_every,
-                 model_parallel, num_devices)
+                 model_parallel, num_devices, mesh_shape, grad_accum_steps, loss_chunk)
   init_name, init_options = starts.describe(start)
   # What every checkpoint and results.json record, and a resume compares (checkpoints.RESUME_KEYS now;
   # the KD teacher's fingerprint and the data's identity as they become known below).
@@ -207,10 +220,9 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
     fileio.probe_writable(model_dir, "MODEL_DIR")
 
   # ----------------------------------------------------------------------------- mesh
-  mesh = sharding.make_mesh(model_parallel, jax.devices()[:num_devices] if num_devices else None)
-  if data.batch_size % mesh.shape["data"]:
-    raise ValueError(f"BATCH_SIZE {data.batch_size} must divide by the mesh's data axis ({mesh.shape['data']} "
-                     f"= devices / model_parallel); set train.num_devices or train.model_parallel")
+  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+  mesh = sharding.make_mesh(devices=devices, shape=mesh_shape or sharding.default_mesh_shape(devices, model_parallel))
+  trainer.check_batch(data.batch_size, mesh, grad_accum_steps)
 
   with _run_dir(model_dir, checkpoint.lock_timeout_s) as lease:
     # --------------------------------------------------------------------------- resume or start: which
@@ -277,17 +289,21 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
       state = TrainState(0, params, trainer.init_opt_state(abstract, optimizer, params), 0)
     kd = read.get("kd")
     del load_teacher, read  # the start's teacher (unless KD's) is freed here
+    teacher_config = teacher_params = None
+    if kd is not None:  # scanned with the student: stacked once, here (after the start read it)
+      teacher_config = kd.config.replace(scan_layers=model.scan_layers)
+      teacher_params = trainer.stack_teacher(teacher_config, kd.params, mesh)
+    del kd
 
     # --------------------------------------------------------------------------- compile, loop
     run = Run(model_dir=model_dir, model=model, mesh=mesh, mngr=mngr,
-              train_step=trainer.make_train_step(model, optimizer, mesh, abstract,
-                                                 teacher_config=kd.config if kd else None,
-                                                 alpha=teacher.kd_alpha, tau=teacher.kd_tau),
-              eval_step=trainer.make_eval_step(model, mesh), teacher_params=kd.params if kd else None,
+              train_step=trainer.make_train_step(model, optimizer, mesh, abstract, teacher_config=teacher_config,
+                                                 alpha=teacher.kd_alpha, tau=teacher.kd_tau,
+                                                 accum_steps=grad_accum_steps, loss_chunk=loss_chunk),
+              eval_step=trainer.make_eval_step(model, mesh, loss_chunk=loss_chunk), teacher_params=teacher_params,
               batches=batches, eval_batches=eval_batches, feed=feed, train_steps=train_steps,
               stop_after=stop_after, eval_every=eval_every, log_every=log_every, save_every=checkpoint.save_every,
               tokens_per_step=tokens_per_step, run_meta=run_meta, lease=lease)
-    del kd
     return _loop(run, state)
 
 

@@ -79,7 +79,7 @@ def test_sharded_covariance_keeps_table_sharded():
   table = jax.device_put(jnp.ones((vocab, dim), jnp.float32), sharding.rows_sharding(mesh))
   compiled = covariance.lower(table, vocab).compile()
   (table_sharding,), _ = compiled.input_shardings
-  assert table_sharding.spec == jax.sharding.PartitionSpec(("data", "model"), None)
+  assert table_sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp", "model"), None)
   # Each device's argument is its 1/8 of the table; the HLO only all-reduces the [d, d] partials.
   assert compiled.memory_analysis().argument_size_in_bytes == vocab * dim * 4 // 8
   hlo = compiled.as_text()
