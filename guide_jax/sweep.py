@@ -208,7 +208,8 @@ def summarize(teacher: dict, arm_results: Dict[str, List[dict]], baseline: str) 
                  "gap_reduction_loss_std": _std(gaps_loss), "gap_reduction_loss_per_seed": gaps_loss,
                  "tokens_seen": runs[0]["tokens_seen"],
                  "step0_ppl": float(np.mean(step0)) if step0 else None,
-                 "train_flops": train_flops(runs[0], teacher), "downstream": _mean_columns(runs)})
+                 "train_flops": train_flops(runs[0], teacher), "model_config": runs[0]["model_config"],
+                 "downstream": _mean_columns(runs)})
   base_ppl = float(np.mean([r["eval_ppl"] for r in base_by_seed.values()]))
   return {"teacher_ppl": teacher_ppl, "teacher_loss": teacher_loss, "baseline": baseline, "baseline_ppl": base_ppl,
           "baseline_loss": float(np.mean([r["eval_loss"] for r in base_by_seed.values()])),
