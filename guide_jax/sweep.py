@@ -226,8 +226,9 @@ def _mean_columns(runs: List[dict]) -> dict:
 
 def train_flops(run: dict, teacher: dict) -> float:
   """Training FLOPs of one run: tokens x (3 x the student's forward + the teacher's forward if KD),
-  plus what its start spent on the teacher's forward: pruning's calibration batches
-  (PruneConfig.calibration_batches x batch x seq_len tokens). GUIDE's covariance (2 V d_T^2) and
+  plus what its start spent on forwards: pruning's calibration batches (the teacher's, on
+  PruneConfig.calibration_batches x batch x seq_len tokens) and GUIDE's output calibration (the
+  student's, GuideConfig.calibration_batches). GUIDE's covariance (2 V d_T^2) and
   Weight Selection's indexing are left out (below 1e-4 of any run here)."""
   student = ModelConfig(**run["model_config"])
   teacher_forward = ModelConfig(**teacher["model_config"]).forward_flops_per_token(run["seq_len"])
@@ -235,9 +236,15 @@ def train_flops(run: dict, teacher: dict) -> float:
   if run.get("kd_alpha", 0) > 0:
     per_token += teacher_forward
   flops = per_token * run["tokens_seen"]
+  options = run.get("start") or {}
   if run.get("init") == "prune":
-    calibration = (run.get("start") or {}).get("prune", {}).get("calibration_batches", 0)
+    calibration = options.get("prune", {}).get("calibration_batches", 0)
     flops += teacher_forward * calibration * run["batch_size"] * run["seq_len"]
+  if run.get("init") == "guide":  # GuideConfig.calibration_batches: one student forward, a softmax per scale
+    from guide_jax.transforms import calibrate  # pylint: disable=g-import-not-at-top
+    calibration = options.get("guide", {}).get("calibration_batches", 0)
+    per_token = student.forward_flops_per_token(run["seq_len"]) + 3 * len(calibrate.SCALES) * student.vocab_size
+    flops += per_token * calibration * run["batch_size"] * run["seq_len"]
   return float(flops)
 
 

@@ -195,3 +195,17 @@ def test_importing_the_entry_points_defines_no_absl_flag():
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_guide_output_calibration_fits_a_temperature_that_lowers_the_step0_loss(tmp_path, teacher_dir):
+  """GuideConfig.calibration_batches: the start's final norm scale is rescaled by the grid value
+  with the lowest loss on the run's first batches; step-0 held-out loss is no worse than without."""
+  guide = MICRO + ["gin/guide.gin"]
+  common = {"TEACHER_DIR": repr(str(teacher_dir)), "train.train.eval_every": 100}
+  plain = run_train(guide, micro_bindings(tmp_path / "plain", steps=1, **common))
+  calibrated = run_train(guide, micro_bindings(tmp_path / "calibrated", steps=1, **common,
+                                               **{"config.GuideConfig.calibration_batches": 2}))
+  assert plain["finished"] and calibrated["finished"]
+  assert calibrated["start"]["guide"]["calibration_batches"] == 2
+  step0 = lambda d: metrics.read_metrics(str(d), "eval")[0]["loss"]
+  assert step0(tmp_path / "calibrated") <= step0(tmp_path / "plain") + 0.05
