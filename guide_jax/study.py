@@ -318,10 +318,55 @@ def build(sweeps: Sequence[str], step0_path: Optional[str] = None, command: str 
                          "finding_rule": "the 95 % bootstrap interval of the paired per-seed difference excludes 0"}}
 
 
+def recheck(legacy: dict, pairs: Sequence[tuple] = (("prune", "guide_all_uniform"), ("guide_all_uniform", "guide"),
+                                                     ("guide", "ws"), ("prune", "guide"))) -> str:
+  """A budgets study.json written before per-seed losses were kept (reports/beyond.json): its
+  stds with ddof=1, the paired differences with t and bootstrap intervals, the gap in loss from the
+  mean perplexities (an approximation: the mean of ppl, not per seed), and equal-FLOPs pairs."""
+  arms = {(a["name"], a["budget"]): a for a in legacy["arms"]}
+  budgets = list(legacy["budgets_tokens"])
+  lines = ["| arm | budget | gap (ppl) mean | std ddof=0 | std ddof=1 | gap in loss (from mean ppl) |",
+           "|---|---|---|---|---|---|"]
+  for (name, budget), a in arms.items():
+    g = a["gap_reduction_per_seed"]
+    pb, pt = legacy["baseline_ppl"][budget], legacy["teacher_ppl"][budget]
+    loss_gap = (math.log(pb) - math.log(a["ppl_mean"])) / (math.log(pb) - math.log(pt))
+    lines.append(f"| {name} | {budget} | {100 * np.mean(g):.1f} % | {100 * np.std(g):.2f} | "
+                 f"{100 * np.std(g, ddof=1):.2f} | {100 * loss_gap:.1f} % |")
+  lines += ["", "| a - b (gap, ppl points) | budget | mean | 95 % t interval | 95 % bootstrap | 3 x larger std (ddof=1) |",
+            "|---|---|---|---|---|---|"]
+  for a, b in pairs:
+    for budget in budgets:
+      if (a, budget) not in arms or (b, budget) not in arms:
+        continue
+      ga = dict(zip(arms[a, budget]["seeds"], arms[a, budget]["gap_reduction_per_seed"]))
+      gb = dict(zip(arms[b, budget]["seeds"], arms[b, budget]["gap_reduction_per_seed"]))
+      d = paired(ga, gb)
+      spread = 3 * max(np.std(list(ga.values()), ddof=1), np.std(list(gb.values()), ddof=1))
+      lines.append(f"| {a} - {b} | {budget} | {100 * d['mean']:+.1f} | [{100 * d['ci95_t'][0]:+.1f}, "
+                   f"{100 * d['ci95_t'][1]:+.1f}] | [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}] | "
+                   f"{100 * spread:.1f} |")
+  lines += ["", "Equal FLOPs (each arm against every arm of lower or equal FLOPs at another budget, held-out ppl):", "",
+            "| arm @ budget | TFLOPs | ppl | cheaper arm @ budget | TFLOPs | ppl |", "|---|---|---|---|---|---|"]
+  for (name, budget), a in arms.items():
+    if not name.endswith("kd"):
+      continue
+    plain = name[:-3].rstrip("_") or "baseline"
+    rivals = [arms[plain, b] for b in budgets if (plain, b) in arms and arms[plain, b]["train_flops"] <= a["train_flops"] * 1.01]
+    if rivals:
+      r = max(rivals, key=lambda r: r["train_flops"])
+      lines.append(f"| {name} @ {budget} | {a['train_flops'] / 1e12:.2f} | {a['ppl_mean']:.1f} | {plain} @ {r['budget']} | "
+                   f"{r['train_flops'] / 1e12:.2f} | {r['ppl_mean']:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
+  if f.recheck:
+    print(recheck(json.loads(fileio.read_text(f.recheck))))
+    return
   if not f.sweep:
     raise ValueError("--sweep: at least one sweep output directory")
   study = build(f.sweep, f.step0 or None, " ".join(["python -m guide_jax.study"] + sys.argv[1:]))
@@ -340,6 +385,7 @@ def run():
   flags.DEFINE_multi_string("sweep", [], "a sweep output directory (results.json with budgets); repeatable")
   flags.DEFINE_string("step0", "", "guide_jax.diagnose's JSON, included as is")
   flags.DEFINE_string("output", "reports/longrun", "output prefix: .json, _tables.md, .png, _flops.png")
+  flags.DEFINE_string("recheck", "", "instead: recheck an older budgets study.json (reports/beyond.json)")
   app.run(lambda argv: cli.exit_on_error("guide_jax.study", main, argv))
 
 
