@@ -91,7 +91,8 @@ def _final_residual_rms(config):
 
 
 def arm_runs(sweep_gin: str, arms: Optional[Sequence[str]], seed: int):
-  """[(arm, gin files, bindings)] as guide_jax.sweep would run them (for `seed`), and the teacher dir."""
+  """[(arm, gin files, bindings)] as guide_jax.sweep would run them (for `seed`), and the sweep's
+  output_dir."""
   gin.clear_config()
   gin_utils.parse([sweep_gin], [])
   q = lambda name, default=None: _query(f"sweep.sweep.{name}", default)
@@ -106,7 +107,7 @@ def arm_runs(sweep_gin: str, arms: Optional[Sequence[str]], seed: int):
     files, bindings = sweep_lib.split_spec(base + student + extra + list(all_arms[name]))
     bindings += [f"TEACHER_DIR = {sweep_lib.gin_string(teacher_dir)}", f"SEED = {seed}", "MODEL_DIR = '/nonexistent'"]
     out.append((name, files, bindings))
-  return out, teacher_dir
+  return out, output_dir
 
 
 def _query(name, default=None):
@@ -168,14 +169,14 @@ def main(argv):
   seeds = [int(s) for s in f.seeds.split(",")]
   if len(f.gin_file) != 1:
     raise ValueError("--gin_file: one sweep gin file (e.g. gin/sweeps/longrun.gin)")
-  rows = []
+  rows, output_dir = [], None
   for seed in seeds:
-    runs, _ = arm_runs(f.gin_file[0], f.arms.split(",") if f.arms else None, seed)
+    runs, output_dir = arm_runs(f.gin_file[0], f.arms.split(",") if f.arms else None, seed)
     for name, files, bindings in runs:
       row = {"arm": name, "seed": seed, **diagnose_arm(files, bindings, f.batches)}
       rows.append(row)
       print(json.dumps(row), flush=True)
-  out = {"sweep_gin": f.gin_file[0], "batches": f.batches, "seeds": seeds, "rows": rows,
+  out = {"sweep_gin": f.gin_file[0], "output_dir": output_dir, "batches": f.batches, "seeds": seeds, "rows": rows,
          "command": " ".join(["python -m guide_jax.diagnose"] + sys.argv[1:])}
   if f.output:
     fileio.atomic_write_json(f.output, out)

@@ -2,7 +2,7 @@ r"""Statistics of budget studies (guide_jax.sweep with budgets or branches): pai
 differences, bootstrap intervals, trends in tokens per parameter, equal-FLOPs comparisons, plots.
 
   python -m guide_jax.study --sweep=runs/longrun/r2 --sweep=runs/longrun/r4 \
-      --step0=reports/longrun_step0.json --output=reports/longrun
+      --step0=reports/longrun_step0_r2.json --step0=reports/longrun_step0_r4.json --output=reports/longrun
 
 reads each sweep's results.json (one summary per budget) and writes <output>.json, <output>_tables.md
 and <output>.png / <output>_flops.png. Every figure is computed from the runs' held-out loss and
@@ -204,7 +204,7 @@ def tables(study: dict) -> str:
     tpp = {b["name"]: b["tokens_per_param"] for b in r["budgets"]}
     lines += [f"### d_S/d_T = {r['ratio']:g} ({ratio_name}: student {r['student']['num_params']:,} parameters)", "",
               "Gap reduction in loss, mean over seeds [95 % bootstrap interval]:", "",
-              "| arm | " + " | ".join(f"{tpp[b]:.1f} tok/param" for b in budgets) + " |",
+              "| arm | " + " | ".join(f"{tpp[b]:.3g} tok/param" for b in budgets) + " |",
               "|---|" + "---|" * len(budgets)]
     for name, entry in r["arms"].items():
       cells = []
@@ -260,6 +260,10 @@ def tables(study: dict) -> str:
         g = None if e is None else e["equal_flops_gap_reduction_loss"]
         cells.append("" if g is None else f"{100 * g:.1f}")
       lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if r.get("step0"):
+      from guide_jax import diagnose  # pylint: disable=g-import-not-at-top
+      lines += ["", f"Step 0 (guide_jax.diagnose, seeds {r['step0']['seeds']}, {r['step0']['batches']} held-out batches):", "",
+                diagnose.markdown(r["step0"]["rows"])]
     lines.append("")
   return "\n".join(lines)
 
@@ -293,15 +297,16 @@ def plot(study: dict, path: str, x_key: str = "tokens_per_param") -> None:
   plt.close(fig)
 
 
-def build(sweeps: Sequence[str], step0_path: Optional[str] = None, command: str = "") -> dict:
-  """The whole study (reports/longrun.json) from sweep dirs."""
-  step0 = json.loads(fileio.read_text(step0_path)) if step0_path else None
+def build(sweeps: Sequence[str], step0_paths: Sequence[str] = (), command: str = "") -> dict:
+  """The whole study (reports/longrun.json) from sweep dirs; step0_paths: guide_jax.diagnose
+  outputs, each attached to the sweep whose output_dir it names."""
+  step0 = [json.loads(fileio.read_text(p)) for p in step0_paths]
   detail = {}
   for sweep_dir in sweeps:
     results = json.loads(fileio.read_text(fileio.join(sweep_dir, "results.json")))
     name = sweep_dir.rstrip("/").split("/")[-1]
-    rows = [r for r in (step0 or {}).get("rows", []) if r.get("sweep") in (None, name)]
-    detail[name] = analyze_sweep(results, {"rows": rows} if rows else None)
+    mine = [d for d in step0 if fileio.absolute(d.get("output_dir") or "") == fileio.absolute(sweep_dir)]
+    detail[name] = analyze_sweep(results, mine[0] if mine else None)
   seeds = sorted({s for r in detail.values() for e in r["arms"].values() for b in e["budgets"].values() for s in b["seeds"]})
   flat = []  # the flat table the issue asks for: arm x budget x ratio
   for r in detail.values():
@@ -369,7 +374,7 @@ def main(argv):
     return
   if not f.sweep:
     raise ValueError("--sweep: at least one sweep output directory")
-  study = build(f.sweep, f.step0 or None, " ".join(["python -m guide_jax.study"] + sys.argv[1:]))
+  study = build(f.sweep, f.step0, " ".join(["python -m guide_jax.study"] + sys.argv[1:]))
   fileio.atomic_write_text(f.output + ".json", json.dumps(study, indent=1))
   text = tables(study)
   fileio.atomic_write_text(f.output + "_tables.md", text)
@@ -383,7 +388,7 @@ def main(argv):
 
 def run():
   flags.DEFINE_multi_string("sweep", [], "a sweep output directory (results.json with budgets); repeatable")
-  flags.DEFINE_string("step0", "", "guide_jax.diagnose's JSON, included as is")
+  flags.DEFINE_multi_string("step0", [], "guide_jax.diagnose's JSON (repeatable), attached to its sweep")
   flags.DEFINE_string("output", "reports/longrun", "output prefix: .json, _tables.md, .png, _flops.png")
   flags.DEFINE_string("recheck", "", "instead: recheck an older budgets study.json (reports/beyond.json)")
   app.run(lambda argv: cli.exit_on_error("guide_jax.study", main, argv))
