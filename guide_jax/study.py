@@ -279,18 +279,22 @@ def plot(study: dict, path: str, x_key: str = "tokens_per_param") -> None:
     for name, entry in r["arms"].items():
       if name == "baseline":
         continue
-      bs = sorted(entry["budgets"].values(), key=lambda e: e["tokens"])
+      bs = [e for e in sorted(entry["budgets"].values(), key=lambda e: e["tokens"])
+            if np.isfinite(e["gap_reduction_loss_mean"])]  # nan: a teacher no better than the baseline
+      if not bs:
+        continue
       x = [e[x_key] for e in bs]
       y = [100 * e["gap_reduction_loss_mean"] for e in bs]
-      err = [[100 * (e["gap_reduction_loss_mean"] - e["ci95"][0]) for e in bs],
-             [100 * (e["ci95"][1] - e["gap_reduction_loss_mean"]) for e in bs]]
+      err = np.nan_to_num([[100 * (e["gap_reduction_loss_mean"] - e["ci95"][0]) for e in bs],
+                           [100 * (e["ci95"][1] - e["gap_reduction_loss_mean"]) for e in bs]])  # 1 seed: none
       style = "--" if name.endswith("kd") else "-"
       ax.errorbar(x, y, yerr=err, marker="o", linestyle=style, capsize=3, label=name, markersize=4)
     ax.axhline(0, color="k", linewidth=0.8)
-    ax.set(xscale="log", xlabel="tokens per student parameter" if x_key == "tokens_per_param" else "training FLOPs",
+    ax.set(xscale="log" if ax.has_data() and len(ax.lines) > 1 else "linear", xlabel="tokens per student parameter" if x_key == "tokens_per_param" else "training FLOPs",
            ylabel="gap reduction in held-out loss (%)",
            title=f"d_S/d_T = {r['ratio']:g} ({r['student']['num_params']:,} params); 95 % bootstrap over seeds")
-    ax.legend(fontsize=7, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7, ncol=2)
   fig.tight_layout()
   with fileio.atomic_open(path, "wb") as f:
     fig.savefig(f, format="png", dpi=110)
