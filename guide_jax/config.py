@@ -234,12 +234,17 @@ class GuideConfig:
   layer_selection: which teacher layer feeds each student layer: 'first_n' or 'uniform'.
   center: student table (E_T - mu) M instead of E_T M.
   seed: PRNG seed of the parts that start at random.
+  calibration_batches: 0 (the paper: off) or k > 0: after the mapping, one scalar on the final norm
+    scale (a logit temperature) is fitted to the run's first k training batches, the value in a
+    fixed log grid with the lowest cross-entropy (transforms/calibrate.py). Applied by
+    starts.guide (it needs data); guide_init itself ignores it.
   """
   blocks: str = "first"
   other_blocks: str = "uniform_selection"
   layer_selection: str = "first_n"
   center: bool = False
   seed: int = 0
+  calibration_batches: int = 0
 
   def __post_init__(self):
     _check_choice("blocks", self.blocks, BLOCKS, "GuideConfig")
@@ -249,6 +254,9 @@ class GuideConfig:
       raise ValueError(f"GuideConfig.center must be a bool, got {self.center!r}")
     if not isinstance(self.seed, int) or isinstance(self.seed, bool):
       raise ValueError(f"GuideConfig.seed must be an int, got {self.seed!r}")
+    cb = self.calibration_batches
+    if not isinstance(cb, int) or isinstance(cb, bool) or cb < 0:
+      raise ValueError(f"GuideConfig.calibration_batches must be an int >= 0 (0: off), got {cb!r}")
 
   def replace(self, **changes) -> "GuideConfig":
     return dataclasses.replace(self, **changes)

@@ -10,7 +10,8 @@ finiteness included), and passes it to one transform, which checks its own input
 
   random(seed)                              model.init_params(PRNGKey(seed))
   params(model_dir)                         the params of a guide_jax run or guide_jax.convert output
-  guide(teacher, guide=GuideConfig())       GUIDE (docs/algorithm.md)
+  guide(teacher, guide=GuideConfig())       GUIDE (docs/algorithm.md); with guide.calibration_batches
+                                            its output scale fitted to the run's first batches
   weight_selection(teacher, layer_selection) Weight Selection (Xu et al. 2023)
   prune(teacher, prune=PruneConfig())       Minitron-style pruning, calibrated on the run's first
                                             prune.calibration_batches training batches
@@ -91,6 +92,15 @@ def _guide(ctx: Context, *, teacher, guide: GuideConfig):
   out, info = guide_init(teacher_params, teacher_config, ctx.model, guide, mesh=ctx.mesh)
   logging.info("GUIDE init from %s: explained variance %.4f, teacher layers %s", teachers.as_source(teacher).path,
                info.explained_variance, list(info.teacher_layers))
+  if guide.calibration_batches:
+    from guide_jax.transforms import calibrate  # pylint: disable=g-import-not-at-top
+    batches = [ctx.batches.batch(i) for i in range(guide.calibration_batches)]
+    stack = lambda key: np.concatenate([b[key] for b in batches])
+    shardings = jax.tree_util.tree_map(lambda x: x.sharding, out)
+    out, scale = calibrate.calibrate_output(out, ctx.model, stack(CALIBRATION_FEATURE), stack("decoder_target_tokens"),
+                                            stack("decoder_loss_weights"))
+    out = jax.device_put(out, shardings)
+    logging.info("GUIDE output calibrated on %d batches: final norm scale x %.4g", guide.calibration_batches, scale)
   return out
 
 

@@ -179,25 +179,40 @@ def gap_reduction(ppl_baseline: float, ppl_method: float, ppl_teacher: float) ->
   return (ppl_baseline - ppl_method) / (ppl_baseline - ppl_teacher)
 
 
+def _std(values) -> float:
+  """Sample standard deviation (ddof=1; 0.0 for a single value, nan for none)."""
+  values = [v for v in values if np.isfinite(v)]
+  return float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else float("nan"))
+
+
 def summarize(teacher: dict, arm_results: Dict[str, List[dict]], baseline: str) -> dict:
-  """results.json content: teacher_ppl, and per arm: name, ppl (mean over seeds), gap_reduction."""
-  teacher_ppl = teacher["eval_ppl"]
-  base_by_seed = {r["seed"]: r["eval_ppl"] for r in arm_results[baseline]}
+  """results.json content: teacher_ppl, and per arm: name, ppl (mean over seeds), gap_reduction
+  (in perplexity, per seed against the same-seed baseline) and gap_reduction_loss (the same in
+  loss: (loss_baseline - loss_arm) / (loss_baseline - loss_teacher)); stds are over seeds, ddof=1."""
+  teacher_ppl, teacher_loss = teacher["eval_ppl"], teacher["eval_loss"]
+  base_by_seed = {r["seed"]: r for r in arm_results[baseline]}
   arms = []
   for name, runs in arm_results.items():
     ppls = [r["eval_ppl"] for r in runs]
-    gaps = [gap_reduction(base_by_seed[r["seed"]], r["eval_ppl"], teacher_ppl) for r in runs
-            if r["seed"] in base_by_seed]
+    paired = [r for r in runs if r["seed"] in base_by_seed]
+    gaps = [gap_reduction(base_by_seed[r["seed"]]["eval_ppl"], r["eval_ppl"], teacher_ppl) for r in paired]
+    gaps_loss = [gap_reduction(base_by_seed[r["seed"]]["eval_loss"], r["eval_loss"], teacher_loss) for r in paired]
     step0 = [r["step0_ppl"] for r in runs if r.get("step0_ppl") is not None]
-    arms.append({"name": name, "ppl": float(np.mean(ppls)), "ppl_std": float(np.std(ppls)),
-                 "ppl_per_seed": ppls, "seeds": [r["seed"] for r in runs],
+    arms.append({"name": name, "ppl": float(np.mean(ppls)), "ppl_std": _std(ppls),
+                 "ppl_per_seed": ppls, "loss_per_seed": [r["eval_loss"] for r in runs],
+                 "seeds": [r["seed"] for r in runs],
                  "gap_reduction": float(np.mean(gaps)) if gaps else float("nan"),
-                 "gap_reduction_std": float(np.std(gaps)) if gaps else float("nan"),
-                 "gap_reduction_per_seed": gaps, "tokens_seen": runs[0]["tokens_seen"],
+                 "gap_reduction_std": _std(gaps),
+                 "gap_reduction_per_seed": gaps,
+                 "gap_reduction_loss": float(np.mean(gaps_loss)) if gaps_loss else float("nan"),
+                 "gap_reduction_loss_std": _std(gaps_loss), "gap_reduction_loss_per_seed": gaps_loss,
+                 "tokens_seen": runs[0]["tokens_seen"],
                  "step0_ppl": float(np.mean(step0)) if step0 else None,
-                 "train_flops": train_flops(runs[0], teacher), "downstream": _mean_columns(runs)})
-  base_ppl = float(np.mean(list(base_by_seed.values())))
-  return {"teacher_ppl": teacher_ppl, "baseline": baseline, "baseline_ppl": base_ppl,
+                 "train_flops": train_flops(runs[0], teacher), "model_config": runs[0]["model_config"],
+                 "downstream": _mean_columns(runs)})
+  base_ppl = float(np.mean([r["eval_ppl"] for r in base_by_seed.values()]))
+  return {"teacher_ppl": teacher_ppl, "teacher_loss": teacher_loss, "baseline": baseline, "baseline_ppl": base_ppl,
+          "baseline_loss": float(np.mean([r["eval_loss"] for r in base_by_seed.values()])),
           "teacher_below_baseline": (base_ppl - teacher_ppl) / base_ppl, "arms": arms,
           "teacher": {k: teacher[k] for k in ("eval_ppl", "eval_loss", "tokens_seen", "model_config")},
           "teacher_downstream": teacher.get("downstream") or {}}
@@ -210,27 +225,49 @@ def _mean_columns(runs: List[dict]) -> dict:
 
 
 def train_flops(run: dict, teacher: dict) -> float:
-  """Training FLOPs of one run: tokens x (3 x the student's forward + the teacher's forward if KD)."""
+  """Training FLOPs of one run: tokens x (3 x the student's forward + the teacher's forward if KD),
+  plus what its start spent on forwards: pruning's calibration batches (the teacher's, on
+  PruneConfig.calibration_batches x batch x seq_len tokens) and GUIDE's output calibration (the
+  student's, GuideConfig.calibration_batches). GUIDE's covariance (2 V d_T^2) and
+  Weight Selection's indexing are left out (below 1e-4 of any run here)."""
   student = ModelConfig(**run["model_config"])
+  teacher_forward = ModelConfig(**teacher["model_config"]).forward_flops_per_token(run["seq_len"])
   per_token = student.train_flops_per_token(run["seq_len"])
   if run.get("kd_alpha", 0) > 0:
-    per_token += ModelConfig(**teacher["model_config"]).forward_flops_per_token(run["seq_len"])
-  return float(per_token * run["tokens_seen"])
+    per_token += teacher_forward
+  flops = per_token * run["tokens_seen"]
+  options = run.get("start") or {}
+  if run.get("init") == "prune":
+    calibration = options.get("prune", {}).get("calibration_batches", 0)
+    flops += teacher_forward * calibration * run["batch_size"] * run["seq_len"]
+  if run.get("init") == "guide":  # GuideConfig.calibration_batches: one student forward, a softmax per scale
+    from guide_jax.transforms import calibrate  # pylint: disable=g-import-not-at-top
+    calibration = options.get("guide", {}).get("calibration_batches", 0)
+    per_token = student.forward_flops_per_token(run["seq_len"]) + 3 * len(calibrate.SCALES) * student.vocab_size
+    flops += per_token * calibration * run["batch_size"] * run["seq_len"]
+  return float(flops)
 
 
 def study_json(summaries: Dict[str, dict], seeds: Sequence[int]) -> dict:
   """A budgets x arms study (e.g. reports/beyond.json): per budget the teacher and baseline
   perplexities, per arm and budget the gap reduction (mean, std over seeds), ppl and FLOPs."""
-  out = {"seeds": list(seeds), "budgets_tokens": {}, "teacher_ppl": {}, "baseline_ppl": {}, "arms": []}
+  out = {"seeds": list(seeds), "budgets_tokens": {}, "teacher_ppl": {}, "baseline_ppl": {},
+         "teacher_loss": {}, "baseline_loss": {}, "arms": []}
   for budget, summary in summaries.items():
     tokens = summary["arms"][0]["tokens_seen"]
     out["budgets_tokens"][budget] = tokens
     out["teacher_ppl"][budget] = summary["teacher_ppl"]
     out["baseline_ppl"][budget] = summary["baseline_ppl"]
+    out["teacher_loss"][budget] = summary["teacher_loss"]
+    out["baseline_loss"][budget] = summary["baseline_loss"]
     for arm in summary["arms"]:
       out["arms"].append({"name": arm["name"], "budget": budget, "budget_tokens": arm["tokens_seen"],
                           "gap_reduction_mean": arm["gap_reduction"], "gap_reduction_std": arm["gap_reduction_std"],
-                          "gap_reduction_per_seed": arm["gap_reduction_per_seed"], "ppl_mean": arm["ppl"],
+                          "gap_reduction_per_seed": arm["gap_reduction_per_seed"],
+                          "gap_reduction_loss_mean": arm["gap_reduction_loss"],
+                          "gap_reduction_loss_per_seed": arm["gap_reduction_loss_per_seed"],
+                          "ppl_per_seed": arm["ppl_per_seed"], "loss_per_seed": arm["loss_per_seed"],
+                          "ppl_mean": arm["ppl"],
                           "ppl_std": arm["ppl_std"], "step0_ppl_mean": arm["step0_ppl"],
                           "train_flops": arm["train_flops"], "seeds": arm["seeds"]})
   return out
@@ -277,7 +314,7 @@ def plot(summary: dict, run_dirs: Dict[str, List[str]], path: str) -> None:
   ax1.legend(fontsize=8)
   arms = [a for a in summary["arms"] if a["name"] != summary["baseline"]]
   ax2.bar([a["name"] for a in arms], [100 * a["gap_reduction"] for a in arms],
-          yerr=[100 * np.std(a["gap_reduction_per_seed"]) for a in arms], capsize=4)
+          yerr=[100 * _std(a["gap_reduction_per_seed"]) for a in arms], capsize=4)
   ax2.axhline(0, color="k", linewidth=0.8)
   ax2.set(ylabel="gap reduction (%)", title="Teacher-student gap reduction vs baseline")
   ax2.tick_params(axis="x", rotation=30)
@@ -285,6 +322,24 @@ def plot(summary: dict, run_dirs: Dict[str, List[str]], path: str) -> None:
   with fileio.atomic_open(path, "wb") as f:
     fig.savefig(f, format="png", dpi=110)
   plt.close(fig)
+
+
+def _budget_results(run_dir: str, result: dict, budget: Optional[str], branches: Optional[Dict[str, int]]):
+  """[(budget name, results.json, run dir)] of one finished run: itself, or with branches every
+  budget's, the shorter ones from <run_dir>/branches/<steps>/ (train.train.branches)."""
+  if branches is None:
+    return [(budget, result, run_dir)]
+  out = []
+  for name, steps in sorted(branches.items(), key=lambda kv: kv[1]):
+    if steps == result["step"]:
+      out.append((name, result, run_dir))
+      continue
+    branch_dir = fileio.join(run_dir, "branches", str(steps))
+    branch = read_result(branch_dir)
+    if branch is None:
+      raise RuntimeError(f"{run_dir} finished without its branch of {steps} steps ({branch_dir}/results.json)")
+    out.append((name, branch, branch_dir))
+  return out
 
 
 def check_settings(plan: Sequence[Tuple[str, list, list]], rerun_changed: bool) -> List[str]:
@@ -313,7 +368,8 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
           baseline: str = "baseline", dry_run: bool = False,
           time_budget_s: Optional[float] = None,
           budgets: Optional[Dict[str, Sequence[str]]] = None, rerun_changed: bool = False,
-          downstream: Sequence[str] = (), downstream_limit: Optional[int] = evaluate.SWEEP_LIMIT) -> Optional[dict]:
+          downstream: Sequence[str] = (), downstream_limit: Optional[int] = evaluate.SWEEP_LIMIT,
+          branches: Optional[Dict[str, int]] = None, teacher_dir: Optional[str] = None) -> Optional[dict]:
   """Train the teacher (base + teacher specs), then each arm (base + student + arm specs) per seed.
 
   Specs are lists of gin files and bindings. Every arm gets TEACHER_DIR bound to the teacher run,
@@ -324,12 +380,26 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
   and study.json the budgets x arms table.
   rerun_changed: rerun (from scratch) runs whose recorded settings differ from the ones asked
   now, instead of refusing; a rerun teacher reruns every arm.
+  branches: {name: steps}, the budgets of a warmup-stable-decay study (the student spec includes
+  gin/wsd.gin): each arm x seed is ONE run of the largest steps, into <output_dir>/<arm>/seed_k,
+  which branches every smaller budget off at its decay start (TRAIN_STEPS and BRANCH_STEPS are
+  bound here); results.json / study.json then hold one summary per budget, as with `budgets`.
+  teacher_dir: where the teacher run lives (default <output_dir>/teacher): several sweeps (e.g. one
+  per student shape) share one teacher; each trains it if absent, with its own teacher spec, and
+  refuses a teacher made with other settings.
   downstream: guide_jax.evaluate task names: every finished run (the teacher too) is evaluated on the
   first downstream_limit documents of each (None: all), as columns at the end of the table.
   """
   deadline = None if time_budget_s is None else time.time() + time_budget_s
   if baseline not in arms:
     raise ValueError(f"sweep.arms must include the baseline arm {baseline!r}; got {sorted(arms)}")
+  if branches is not None:
+    if budgets is not None:
+      raise ValueError("sweep: set budgets (a run per budget) or branches (one run per arm x seed, "
+                       "branched), not both")
+    if not branches or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in branches.values()) \
+        or len(set(branches.values())) != len(branches):
+      raise ValueError(f"sweep.branches must map budget names to distinct positive step counts, got {branches!r}")
   all_files = set(split_spec(base)[0] + split_spec(teacher)[0] + split_spec(student)[0])
   for spec in arms.values():
     all_files.update(split_spec(spec)[0])
@@ -338,9 +408,12 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
   if missing:
     raise ValueError(f"sweep: gin files not found: {missing}")
   output_dir = fileio.absolute(output_dir)
-  teacher_dir = fileio.join(output_dir, "teacher")
+  teacher_dir = fileio.absolute(teacher_dir) if teacher_dir else fileio.join(output_dir, "teacher")
   plan = [(teacher_dir, *split_spec(list(base) + list(teacher)), "teacher", None, None)]
-  for budget, budget_spec in (budgets or {None: []}).items():
+  if branches is not None:
+    longest = max(branches.values())
+    branch_spec = [f"TRAIN_STEPS = {longest}", f"BRANCH_STEPS = {sorted(v for v in branches.values() if v < longest)}"]
+  for budget, budget_spec in ({None: branch_spec} if branches is not None else budgets or {None: []}).items():
     for seed in seeds:
       for name, spec in arms.items():
         run_dir = fileio.join(output_dir, *([budget] if budget else []), name, f"seed_{seed}")
@@ -365,12 +438,16 @@ def sweep(output_dir: str = gin.REQUIRED, base: Sequence[str] = ("gin/runs/pretr
       teacher_result = result
     elif result is not None:
       evals = metrics.read_metrics(run_dir, "eval")
-      result["step0_ppl"] = float(np.exp(evals[0]["loss"])) if 0 in evals else None
-      arm_results.setdefault(budget, {}).setdefault(name, []).append(result)
-      run_dirs.setdefault(budget, {}).setdefault(name, []).append(run_dir)
+      step0 = float(np.exp(evals[0]["loss"])) if 0 in evals else None
+      for budget_name, budget_result, budget_dir in _budget_results(run_dir, result, budget, branches):
+        budget_result["step0_ppl"] = step0
+        arm_results.setdefault(budget_name, {}).setdefault(name, []).append(budget_result)
+        run_dirs.setdefault(budget_name, {}).setdefault(name, []).append(budget_dir)
   if dry_run:
     return None
   summaries, tables = {}, []
+  if branches is not None:
+    budgets = {b: [] for b in sorted(branches, key=branches.get)}
   for budget in (budgets or {None: []}):
     summaries[budget] = summarize(teacher_result, arm_results[budget], baseline)
     tables.append((f"## {budget}\n\n" if budget else "") + markdown_table(summaries[budget]))

@@ -43,7 +43,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from guide_jax import checkpoints, cli, fileio, gin_utils, metrics, runlock, sharding, starts, teachers, trainer
+from guide_jax import checkpoints, cli, fileio, gin_utils, metrics, optim, runlock, sharding, starts, teachers, trainer
 from guide_jax.config import CheckpointConfig, DataConfig, ModelConfig, TeacherConfig
 
 # Exit status of a run that saved and stopped before TRAIN_STEPS (SIGTERM, stop_after) or found its
@@ -71,7 +71,7 @@ def maybe_initialize_distributed() -> None:
 def check_run_args(model: ModelConfig, optimizer, train_steps: int, start, teacher: TeacherConfig,
                    data: DataConfig, checkpoint: CheckpointConfig, eval_every: int, log_every: int,
                    model_parallel: int, num_devices: Optional[int], mesh_shape=None, grad_accum_steps: int = 1,
-                   loss_chunk: Optional[int] = None) -> None:
+                   loss_chunk: Optional[int] = None, branches=()) -> None:
   """That every argument is of its kind (the configs checked their own fields when built)."""
   for name, value, kind in (("model", model, ModelConfig), ("teacher", teacher, TeacherConfig),
                             ("data", data, DataConfig), ("checkpoint", checkpoint, CheckpointConfig)):
@@ -97,6 +97,13 @@ def check_run_args(model: ModelConfig, optimizer, train_steps: int, start, teach
   if data.batch_size % jax.process_count():
     raise ValueError(f"BATCH_SIZE {data.batch_size} must divide by the process count {jax.process_count()}")
   starts.describe(start)  # made by a starts factory
+  for branch in branches:
+    if not isinstance(branch, optim.Branch):
+      raise ValueError("train.branches must be optim.Branch values (bind train.train.branches = "
+                       f"@optim.decay_branches(), gin/wsd.gin), got {branch!r}")
+    if not 0 <= branch.start < branch.steps < train_steps:
+      raise ValueError(f"a decay branch of {branch.steps} steps (decaying from step {branch.start}) must be "
+                       f"shorter than TRAIN_STEPS = {train_steps}")
 
 
 def check_data_tokenizer(data_tokenizer: dict, data_where: str, expected: dict) -> None:
@@ -147,6 +154,8 @@ class Run:
   tokens_per_step: int
   run_meta: dict
   lease: Any = None              # process 0's runlock.Lease: checked before every save
+  branches: tuple = ()           # optim.Branch values: shorter budgets branched off this run
+  make_branch_step: Optional[Callable] = None  # optimizer -> a train_step like train_step's
 
 
 @contextlib.contextmanager
@@ -191,7 +200,8 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
           data: DataConfig = DataConfig(), checkpoint: CheckpointConfig = CheckpointConfig(), seed: int = 0,
           eval_every: int = 100, log_every: int = 20, model_parallel: int = 1,
           num_devices: Optional[int] = None, mesh_shape: Optional[Sequence[int]] = None,
-          grad_accum_steps: int = 1, loss_chunk: Optional[int] = None, stop_after: Optional[int] = None) -> dict:
+          grad_accum_steps: int = 1, loss_chunk: Optional[int] = None, stop_after: Optional[int] = None,
+          branches=()) -> dict:
   """Train `model` for train_steps; returns (and writes model_dir/results.json) the final eval.
 
   start: how a fresh run's params start (a guide_jax.starts factory's function). seed: the data
@@ -205,10 +215,16 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
   grad_accum_steps: the global batch as that many microbatches in one step (same update, less
   memory). loss_chunk: the loss over that many positions at a time (no whole [B, T, V] logits).
   model.scan_layers scans the KD teacher's layers too.
+  branches: optim.Branch values (gin/wsd.gin: @optim.decay_branches()), for a run whose optimizer has
+  a warmup-stable-decay schedule: at each branch's decay start the run saves a checkpoint, trains a
+  copy of its state to the branch's steps with the branch's optimizer (the same data, step for step,
+  as a separate run of that many steps), writes model_dir/branches/<steps>/results.json and
+  metrics.jsonl, then continues. A branch interrupted is redone from that checkpoint on resume.
   """
   # ----------------------------------------------------------------------------- checks
+  branches = tuple(branches)
   check_run_args(model, optimizer, train_steps, start, teacher, data, checkpoint, eval_every, log_every,
-                 model_parallel, num_devices, mesh_shape, grad_accum_steps, loss_chunk)
+                 model_parallel, num_devices, mesh_shape, grad_accum_steps, loss_chunk, branches)
   init_name, init_options = starts.describe(start)
   # What every checkpoint and results.json record, and a resume compares (checkpoints.RESUME_KEYS now;
   # the KD teacher's fingerprint and the data's identity as they become known below).
@@ -303,7 +319,10 @@ def train(model_dir: str = gin.REQUIRED, model: ModelConfig = gin.REQUIRED,
               eval_step=trainer.make_eval_step(model, mesh, loss_chunk=loss_chunk), teacher_params=teacher_params,
               batches=batches, eval_batches=eval_batches, feed=feed, train_steps=train_steps,
               stop_after=stop_after, eval_every=eval_every, log_every=log_every, save_every=checkpoint.save_every,
-              tokens_per_step=tokens_per_step, run_meta=run_meta, lease=lease)
+              tokens_per_step=tokens_per_step, run_meta=run_meta, lease=lease, branches=branches,
+              make_branch_step=lambda opt: trainer.make_train_step(
+                  model, opt, mesh, abstract, teacher_config=teacher_config, alpha=teacher.kd_alpha,
+                  tau=teacher.kd_tau, accum_steps=grad_accum_steps, loss_chunk=loss_chunk))
     return _loop(run, state)
 
 
@@ -367,6 +386,12 @@ def _loop(run: Run, state: TrainState) -> dict:
     logging.error(result["error"])
     return result
 
+  pending = [b for b in run.branches if not fileio.exists(_branch_results(run.model_dir, b))]
+  lost = [b.steps for b in pending if b.start < start]
+  if lost:
+    raise ValueError(f"{run.model_dir} resumed at step {start}, after the decay start of its branches "
+                     f"{lost} whose results are missing; rerun it from scratch (new MODEL_DIR)")
+
   # ----------------------------------------------------------------------------- train
   step, eval_result = start, None
   if start == 0:  # where each init starts: GUIDE's head start shows here
@@ -379,7 +404,18 @@ def _loop(run: Run, state: TrainState) -> dict:
   end = train_steps if run.stop_after is None else min(train_steps, start + run.stop_after)
   preemption = _Preemption()
   with preemption:
-    while step < end:
+    while step < end or (pending and pending[0].start == step):
+      if pending and pending[0].start == step:  # the state at a branch's decay start: branch off
+        if step > 0 and run.mngr.latest_step() != step:
+          writer.flush()
+          checkpoints.save(run.mngr, step, params, opt_state, run.model, force=True,
+                           extra={**run.run_meta, "tokens_seen": tokens_seen(step)})
+        if not _branch(run, pending[0], params, opt_state, preemption, tokens_seen(step)):
+          logging.warning("SIGTERM during the branch of %d steps: rerun the same command to redo it from "
+                          "step %d", pending[0].steps, step)
+          break
+        pending.pop(0)
+        continue
       local = run.batches.batch(step, *run.feed)
       params, opt_state, m = run.train_step(params, opt_state, trainer.global_batch(local, mesh),
                                             run.teacher_params)
@@ -414,7 +450,7 @@ def _loop(run: Run, state: TrainState) -> dict:
   writer.close()
 
   # ----------------------------------------------------------------------------- results
-  if step < train_steps:
+  if step < train_steps or pending:
     return {"step": step, "finished": False}
   if eval_result is None:  # resumed at the last step
     eval_result = trainer.evaluate(run.eval_step, params, run.eval_batches(), mesh)
@@ -424,6 +460,58 @@ def _loop(run: Run, state: TrainState) -> dict:
   if jax.process_index() == 0:
     fileio.atomic_write_json(results_path, result)
   return result
+
+
+def _branch_results(model_dir: str, branch) -> str:
+  return fileio.join(model_dir, "branches", str(branch.steps), "results.json")
+
+
+def _branch(run: Run, branch, params, opt_state, preemption: _Preemption, tokens_at_start: int) -> bool:
+  """Train a copy of (params, opt_state) at step branch.start to branch.steps with the branch's
+  optimizer, evaluate, write <model_dir>/branches/<steps>/{results.json, metrics.jsonl}.
+  Returns False (nothing written) when SIGTERM arrived; the run's own state is untouched."""
+  branch_dir = fileio.join(run.model_dir, "branches", str(branch.steps))
+  if jax.process_index() == 0:
+    fileio.makedirs(branch_dir)
+  writer = metrics.Writer(branch_dir, resume_step=branch.start)
+  train_step = run.make_branch_step(branch.optimizer)
+  copy = lambda tree: jax.tree_util.tree_map(lambda x: x.copy(), tree)  # the steps donate their inputs
+  params, opt_state = copy(params), copy(opt_state)
+  last_log = (branch.start, time.time())
+  for step in range(branch.start, branch.steps):
+    local = run.batches.batch(step, *run.feed)
+    params, opt_state, m = train_step(params, opt_state, trainer.global_batch(local, run.mesh), run.teacher_params)
+    if preemption.stop(step + 1, run.log_every):
+      writer.close()
+      return False
+    if (step + 1) % run.log_every == 0 or step + 1 == branch.steps:
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      if not m.pop("finite"):
+        writer.close()
+        raise FloatingPointError(f"non-finite loss ({m['loss']}) or parameters at step {step + 1} of the "
+                                 f"branch of {branch.steps} steps of {run.model_dir}")
+      now = time.time()
+      step_time = (now - last_log[1]) / (step + 1 - last_log[0])
+      m.update(step_time_s=step_time, tokens_per_s=run.tokens_per_step / step_time,
+               eta_s=step_time * (branch.steps - step - 1))
+      writer.train(step + 1, m)
+      last_log = (step + 1, now)
+  eval_result = trainer.evaluate(run.eval_step, params, run.eval_batches(), run.mesh)
+  if not np.isfinite(eval_result["loss"]):
+    writer.close()
+    raise FloatingPointError(f"non-finite eval loss at the end of the branch of {branch.steps} steps of "
+                             f"{run.model_dir}")
+  writer.eval(branch.steps, eval_result)
+  writer.close()
+  result = {"step": branch.steps, "finished": True, "eval_loss": eval_result["loss"],
+            "eval_ppl": eval_result["ppl"], "model_config": dataclasses.asdict(run.model),
+            "tokens_seen": tokens_at_start + (branch.steps - branch.start) * run.tokens_per_step, "branch_of": run.model_dir,
+            "decay_start": branch.start, **run.run_meta}
+  if jax.process_index() == 0:
+    fileio.atomic_write_json(fileio.join(branch_dir, "results.json"), result)
+  logging.info("branch of %d steps (decay from step %d): eval ppl %.3f", branch.steps, branch.start,
+               eval_result["ppl"])
+  return True
 
 
 def main(argv):

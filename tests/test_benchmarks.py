@@ -157,8 +157,11 @@ def test_gpu_suite_smoke_runs_every_stage_and_resumes(tmp_path):
   first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert first.returncode == 0 and "suite complete" in first.stdout, first.stdout[-3000:] + first.stderr[-3000:]
   for name in ("pca.json", "train.json", "benchmarks.json", "reproduction_results.json",
-               "reproduction_results.md", "reproduction_results.png"):
+               "reproduction_results.md", "reproduction_results.png", "longrun.json", "longrun_tables.md"):
     assert (tmp_path / name).exists(), name
   assert set(json.load(open(tmp_path / "reproduction_results.json"))["arms"][0]) >= {"name", "ppl"}
+  longrun = json.load(open(tmp_path / "longrun.json"))  # the longrun stage: branched budgets, one teacher
+  assert {(a["arm"], a["budget"]) for a in longrun["arms"]} == {(n, b) for n in ("baseline", "guide") for b in ("s3", "s6")}
+  assert "gap_reduction_loss_mean" in longrun["arms"][0]
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-  assert again.returncode == 0 and again.stdout.count("done already") == 4, again.stdout[-2000:]
+  assert again.returncode == 0 and again.stdout.count("done already") == 5, again.stdout[-2000:]

@@ -108,6 +108,27 @@ def test_kill_9_then_resume_reproduces_losses(tmp_path):
       json.load(open(reference / "results.json"))["eval_loss"]
 
 
+def test_wsd_branches_equal_separate_runs_and_resume(tmp_path):
+  """A warmup-stable-decay run of 20 steps branching 10 off (decay from step 8) gives the 10-step
+  budget exactly what a separate 10-step run gives, and a run stopped before the branch point
+  resumes to the same results."""
+  wsd = MICRO + ["gin/wsd.gin"]
+  extra = {"train.train.eval_every": 100, "config.CheckpointConfig.save_every": 100}
+  separate = run_train(wsd, micro_bindings(tmp_path / "separate", steps=10, **extra))
+  long_run = tmp_path / "long"
+  run_train(wsd, micro_bindings(long_run, steps=20, BRANCH_STEPS=[10], **extra))
+  branch = json.load(open(long_run / "branches" / "10" / "results.json"))
+  assert branch["finished"] and branch["decay_start"] == 8 and branch["tokens_seen"] == separate["tokens_seen"]
+  assert branch["eval_loss"] == pytest.approx(separate["eval_loss"], rel=1e-6)
+  assert losses(long_run / "branches" / "10")[10] == pytest.approx(losses(tmp_path / "separate")[10], rel=1e-6)
+  stopped = tmp_path / "stopped"
+  first = run_train(wsd, micro_bindings(stopped, steps=20, BRANCH_STEPS=[10], **{"train.train.stop_after": 5}, **extra))
+  assert not first["finished"] and not (stopped / "branches").exists()
+  again = run_train(wsd, micro_bindings(stopped, steps=20, BRANCH_STEPS=[10], **extra))
+  assert again["eval_loss"] == json.load(open(long_run / "results.json"))["eval_loss"]
+  assert json.load(open(stopped / "branches" / "10" / "results.json"))["eval_loss"] == branch["eval_loss"]
+
+
 def test_two_device_mesh_matches_one_device(tmp_path):
   run_train(MICRO, micro_bindings(tmp_path / "one", steps=10))
   run_train(MICRO, micro_bindings(tmp_path / "two", steps=10, **{"train.train.num_devices": 2}))
@@ -174,3 +195,17 @@ def test_importing_the_entry_points_defines_no_absl_flag():
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_guide_output_calibration_fits_a_temperature_that_lowers_the_step0_loss(tmp_path, teacher_dir):
+  """GuideConfig.calibration_batches: the start's final norm scale is rescaled by the grid value
+  with the lowest loss on the run's first batches; step-0 held-out loss is no worse than without."""
+  guide = MICRO + ["gin/guide.gin"]
+  common = {"TEACHER_DIR": repr(str(teacher_dir)), "train.train.eval_every": 100}
+  plain = run_train(guide, micro_bindings(tmp_path / "plain", steps=1, **common))
+  calibrated = run_train(guide, micro_bindings(tmp_path / "calibrated", steps=1, **common,
+                                               **{"config.GuideConfig.calibration_batches": 2}))
+  assert plain["finished"] and calibrated["finished"]
+  assert calibrated["start"]["guide"]["calibration_batches"] == 2
+  step0 = lambda d: metrics.read_metrics(str(d), "eval")[0]["loss"]
+  assert step0(tmp_path / "calibrated") <= step0(tmp_path / "plain") + 0.05
