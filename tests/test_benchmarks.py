@@ -152,9 +152,12 @@ def test_report_merges_the_smoke_outputs(smoke_runs, tmp_path):
 def test_gpu_suite_smoke_runs_every_stage_and_resumes(tmp_path):
   """The one-command GPU suite, in its CPU smoke mode: benchmarks, report, a reproduction sweep;
   a second command finds every stage done."""
-  cmd = [sys.executable, "-m", "benchmarks.gpu_suite", f"--out={tmp_path}", "--smoke"]
+  # A budget no loaded CI machine reaches: the default 540 s is the GPU command's, and a smoke run
+  # stopped by it is a timing artifact, not a failure (the budget stops the sweep's child by SIGTERM,
+  # whose save-and-resume tests/test_reliability.py covers).
+  cmd = [sys.executable, "-m", "benchmarks.gpu_suite", f"--out={tmp_path}", "--smoke", "--budget_s=1700"]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
   assert first.returncode == 0 and "suite complete" in first.stdout, first.stdout[-3000:] + first.stderr[-3000:]
   for name in ("pca.json", "train.json", "benchmarks.json", "reproduction_results.json",
                "reproduction_results.md", "reproduction_results.png", "longrun.json", "longrun_tables.md"):

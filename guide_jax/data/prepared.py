@@ -152,9 +152,9 @@ def manifest_sha256(manifest: dict) -> str:
   return hashlib.sha256(json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
-def _load_shard(path: str, shard: dict, dtype: np.dtype, verify: bool) -> np.ndarray:
-  """Read-only memmap of one local shard, checked against its manifest entry (size always, SHA-256
-  if verify)."""
+def _check_shard(path: str, shard: dict, verify: bool) -> None:
+  """One local shard against its manifest entry: size always, SHA-256 if verify (the costly part,
+  run for several shards at once)."""
   file = os.path.join(path, shard["file"])
   try:
     size = os.path.getsize(file)
@@ -165,6 +165,13 @@ def _load_shard(path: str, shard: dict, dtype: np.dtype, verify: bool) -> np.nda
                             "(truncated or replaced; re-run prepare)")
   if verify:
     _check_hash(file, shard["sha256"])
+
+
+def _open_shard(path: str, shard: dict, dtype: np.dtype) -> np.ndarray:
+  """Read-only memmap of one checked shard. Called from one thread at a time: np.load parses the
+  .npy header with ast.literal_eval, and CPython 3.11.7 (this machine's) raised "SystemError: AST
+  constructor recursion depth mismatch" in CI when two threads parsed at once (CPython gh-106905)."""
+  file = os.path.join(path, shard["file"])
   try:
     tokens = np.load(file, mmap_mode="r", allow_pickle=False)
   except (OSError, ValueError) as e:
@@ -244,7 +251,8 @@ def load_prepared(path: str, *, verify: bool = False, stage_root: str | None = N
                               f"{manifest['vocab']['sha256']}")
   entries = [(split, s) for split in SPLITS for s in manifest["splits"][split]["shards"]]
   with concurrent.futures.ThreadPoolExecutor(max(1, min(len(entries), os.cpu_count() or 1))) as pool:
-    loaded = list(pool.map(lambda e: _load_shard(path, e[1], dtype, verify), entries))
+    list(pool.map(lambda e: _check_shard(path, e[1], verify), entries))
+  loaded = [_open_shard(path, shard, dtype) for _, shard in entries]
   streams = {}
   for split in SPLITS:
     shards = [t for (sp, _), t in zip(entries, loaded) if sp == split]
