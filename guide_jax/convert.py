@@ -101,7 +101,7 @@ def define_flags() -> None:
   define("enum", "format", "guide_jax", "Output checkpoint format.", enum_values=list(FORMATS))
   defaults = GuideConfig()
   choices = {"blocks": BLOCKS, "other_blocks": OTHER_BLOCKS, "layer_selection": LAYER_SELECTIONS}
-  for field in dataclasses.fields(GuideConfig):
+  for field in _guide_fields():
     default = getattr(defaults, field.name)
     help_text = f"GuideConfig.{field.name} (docs/algorithm.md)."
     if field.name in choices:
@@ -111,6 +111,12 @@ def define_flags() -> None:
     else:
       define("integer", field.name, default, help_text)
   define("boolean", "overwrite", False, "Replace a checkpoint already in --output_dir.")
+
+
+def _guide_fields():
+  """The GuideConfig fields convert takes as flags: all but calibration_batches (it needs a run's
+  training batches: a train start's option)."""
+  return [f for f in dataclasses.fields(GuideConfig) if f.name != "calibration_batches"]
 
 
 _VOCAB_BINDING = re.compile(r"^\s*VOCAB_SIZE\s*=")
@@ -186,6 +192,9 @@ def convert(teacher_dir: str, student_config, output_dir: str, *,
     raise ValueError(f"--format must be one of {FORMATS}, got {output_format!r}")
   if not isinstance(guide, GuideConfig) or not (isinstance(student_config, ModelConfig) or callable(student_config)):
     raise ValueError("convert needs a GuideConfig and a student ModelConfig")
+  if guide.calibration_batches:
+    raise ValueError("GuideConfig.calibration_batches fits the output scale to a run's training batches: "
+                     "set it in the training run's gin (gin/guide.gin's start), not in convert")
   for name, value in (("teacher_dir", teacher_dir), ("output_dir", output_dir)):
     if not value:
       raise ValueError(f"--{name} is required")
@@ -333,7 +342,7 @@ def main(argv):
     if len(named) != 1:
       raise ValueError("name the student with exactly one of --student_gin, --student, --student_params"
                        + (f" (got {', '.join('--' + n for n in named)})" if named else ""))
-    guide = GuideConfig(**{field.name: getattr(f, field.name) for field in dataclasses.fields(GuideConfig)})
+    guide = GuideConfig(**{field.name: getattr(f, field.name) for field in _guide_fields()})
     teacher_config, vocab = None, [b for b in f.gin_bindings if _VOCAB_BINDING.match(b)]
     if f.teacher_gin:
       teacher_config = gin_utils.model_from_gin(f.teacher_gin, [*vocab, *f.teacher_gin_bindings])

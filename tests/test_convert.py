@@ -35,7 +35,7 @@ def test_convert_cli_then_init_params_dir_equals_a_guide_run(tmp_path, teacher):
   assert proc.returncode == 0, proc.stderr[-3000:]
   info = json.load(open(out / "guide_info.json"))
   assert info["guide"] == {"blocks": "first", "other_blocks": "uniform_selection", "layer_selection": "first_n",
-                           "center": False, "seed": 0}
+                           "center": False, "seed": 0, "calibration_batches": 0}
   assert "opt_state" not in os.listdir(out / "checkpoints" / "0")  # params only: no made-up optimizer state
   # (2) params only: a run starting from it has the GUIDE run's step-0 loss and a fresh optimizer.
   run_train(MICRO + ["gin/init_params.gin"], micro_bindings(tmp_path / "from_params", steps=2,
@@ -63,6 +63,9 @@ def test_convert_api_takes_configs_and_leaves_gin_alone(tmp_path, teacher):
   with pytest.raises(ValueError, match="d_model: student d_S=96 > teacher d_T=48"):
     convert.convert(str(teacher), student.replace(d_model=96), str(tmp_path / "big"))
   assert not (tmp_path / "big").exists()
+  with pytest.raises(ValueError, match="calibration_batches fits the output scale to a run's training batches"):
+    convert.convert(str(teacher), student, str(tmp_path / "cal"), guide=GuideConfig(calibration_batches=4))
+  assert not (tmp_path / "cal").exists()
 
 
 def test_init_params_dir_of_another_model_fails_before_writing(tmp_path, teacher):

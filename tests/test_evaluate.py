@@ -224,7 +224,8 @@ def test_sweep_table_gains_downstream_columns():
   """sweep.summarize averages each run's evaluate.columns over seeds; the table ends with them."""
   from guide_jax import sweep as sweep_lib
   cfg = dict(vocab_size=64, d_model=8, n_layers=1, n_heads=1, head_dim=8, mlp_dim=8)
-  run = lambda seed, ppl, down: {"seed": seed, "eval_ppl": ppl, "tokens_seen": 10, "model_config": cfg,
+  run = lambda seed, ppl, down: {"seed": seed, "eval_ppl": ppl, "eval_loss": math.log(ppl), "tokens_seen": 10,
+                                 "model_config": cfg,
                                  "seq_len": 8, "downstream": down}
   teacher = {"eval_ppl": 50.0, "eval_loss": 3.9, "tokens_seen": 10, "model_config": cfg,
              "downstream": evaluate.columns({"piqa": {"acc": 0.6, "acc_norm": 0.7}, "lambada": {"acc": 0.1, "bits_per_byte": 2.0}})}
