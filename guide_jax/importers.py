@@ -529,10 +529,12 @@ def import_gemma(path_or_dir, **kwargs) -> Tuple[Params, ModelConfig]:
 
 
 # ----------------------------------------------------------------------------- export
-def export_llama(params: Params, config, out_dir, *, max_position_embeddings: int = 2048) -> str:
+def export_llama(params: Params, config, out_dir, *, max_position_embeddings: int = 2048,
+                 overwrite: bool = False) -> str:
   """A Llama-layout model as out_dir/{model.safetensors, config.json} (float32; GQA kept), with no
   teacher directory to take config.json and tokenizer files from: guide_jax.hf_export.write_hf (the
-  one writer) from a base Llama config.json, replacing out_dir.
+  one writer) from a base Llama config.json. An existing out_dir is refused unless overwrite, which
+  replaces the whole directory (files written there before, e.g. a tokenizer, go with it).
 
   config: ModelConfig or a dict of its fields. What a llama config.json cannot express (q/k norms,
   post-norms, soft-caps, sliding windows, Gemma's embedding, biases on only some projections) is
@@ -549,4 +551,4 @@ def export_llama(params: Params, config, out_dir, *, max_position_embeddings: in
       raise ValueError(f"config is not a ModelConfig's fields: {e}") from e
   template = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
               "max_position_embeddings": int(max_position_embeddings), "torch_dtype": "float32"}
-  return hf_export.write_hf(params, config, None, out_dir, dtype="float32", overwrite=True, template=template)
+  return hf_export.write_hf(params, config, None, out_dir, dtype="float32", overwrite=overwrite, template=template)

@@ -387,7 +387,9 @@ def test_import_export_import_gqa(tmp_path):
   path, _, _ = checkpoint(tmp_path, "v5/llama_llama3_scaling")
   params, config = importers.import_llama(path)
   out = importers.export_llama(params, config, str(tmp_path / "out"))
-  importers.export_llama(params, dict(vars(config)), out)  # overwriting is fine; a dict of fields too
+  with pytest.raises(ValueError, match="already exists"):  # nothing already there is replaced unasked
+    importers.export_llama(params, config, out)
+  importers.export_llama(params, dict(vars(config)), out, overwrite=True)  # a dict of fields too
   assert json.load(open(os.path.join(out, "config.json")))["num_key_value_heads"] == config.kv_heads
   params2, config2 = importers.import_llama(out)
   assert config2 == config
