@@ -1,16 +1,15 @@
 """Pod-scale training on 8 virtual CPU devices (issue 27): the FSDP step equals the unsharded step,
 each device holds ~1/shards of the params and optimizer state, gradient accumulation equals the full
 batch, scanned layers equal unrolled ones, and a KD run resumes step-exact on an FSDP mesh."""
-import os
 
-import gin
 import jax
 import numpy as np
 import optax
 import pytest
 
-from guide_jax import gin_utils, metrics, model, sharding, train as train_lib, trainer
+from guide_jax import model, sharding, trainer
 from guide_jax.config import ModelConfig
+from test_train import MICRO, losses, micro_bindings, run_train
 
 V, ROWS, SEQ = 128, 16, 16
 # Every dimension divides by 8, so every leaf can be split over an 8-way 'fsdp' axis.
@@ -147,48 +146,32 @@ def test_scanned_layers_equal_unrolled_logits_and_gradients():
 
 
 # ------------------------------------------------------------------------------- the train loop
-MICRO = ["gin/models/tiny_student.gin", "gin/runs/pretrain.gin"]
-CACHE = os.environ.get("GUIDE_JAX_CACHE", os.path.join(gin_utils.REPO_ROOT, "cache"))  # as test_train's
-
-
 def _bindings(model_dir, **extra):
-  b = {"MODEL_DIR": repr(str(model_dir)), "TRAIN_STEPS": 6, "BATCH_SIZE": 8, "SEQ_LEN": 16, "CACHE_DIR": repr(CACHE),
-       "config.ModelConfig.d_model": 32, "config.ModelConfig.n_layers": 2, "config.ModelConfig.n_heads": 2,
-       "config.ModelConfig.head_dim": 16, "config.ModelConfig.mlp_dim": 64, "config.DataConfig.eval_max_batches": 1,
-       "train.train.log_every": 1, "train.train.eval_every": 100, "config.CheckpointConfig.save_every": 3,
-       "optim.make_optimizer.warmup_steps": 2, "optim.make_optimizer.learning_rate": 1e-2}
-  b.update(extra)
-  return [f"{k} = {v}" for k, v in b.items()]
-
-
-def _train(files, bindings):
-  gin.clear_config()
-  gin_utils.parse(files, bindings)
-  try:
-    return gin.get_configurable(train_lib.train)()
-  finally:
-    gin.clear_config()
+  """test_train's micro run, smaller still, on every device unless extra names train.num_devices."""
+  return micro_bindings(model_dir, steps=6, **{
+      "BATCH_SIZE": 8, "SEQ_LEN": 16, "config.DataConfig.eval_max_batches": 1, "train.train.eval_every": 100,
+      "config.CheckpointConfig.save_every": 3, "optim.make_optimizer.warmup_steps": 2,
+      "train.train.num_devices": None, **extra})
 
 
 def test_kd_run_on_an_fsdp_mesh_resumes_step_exact(tmp_path):
   """KD with scanned layers, 2 microbatches and a chunked loss on a (1, 4, 1) mesh: a run stopped
   after 3 steps and resumed logs the same loss, bit for bit, at every step as one uninterrupted run."""
   teacher = tmp_path / "teacher"
-  _train(MICRO, _bindings(teacher, TRAIN_STEPS=1, **{"config.ModelConfig.d_model": 48,
+  run_train(MICRO, _bindings(teacher, TRAIN_STEPS=1, **{"config.ModelConfig.d_model": 48,
                                                    "config.ModelConfig.n_layers": 3,
                                                    "train.train.num_devices": 1}))
   kd = {"TEACHER_DIR": repr(str(teacher)), "KD_ALPHA": 0.5, "train.train.num_devices": 4,
         "train.train.mesh_shape": (1, 4, 1), "train.train.grad_accum_steps": 2, "train.train.loss_chunk": 8,
         "config.ModelConfig.scan_layers": True, "config.ModelConfig.remat": "'full'"}
   files = MICRO + ["gin/kd.gin"]
-  reference = _train(files, _bindings(tmp_path / "reference", **kd))
+  reference = run_train(files, _bindings(tmp_path / "reference", **kd))
   assert reference["finished"]
-  first = _train(files, _bindings(tmp_path / "resumed", **kd, **{"train.train.stop_after": 3}))
+  first = run_train(files, _bindings(tmp_path / "resumed", **kd, **{"train.train.stop_after": 3}))
   assert not first.get("finished")
-  resumed = _train(files, _bindings(tmp_path / "resumed", **kd))
+  resumed = run_train(files, _bindings(tmp_path / "resumed", **kd))
   assert resumed["finished"]
-  ref = {s: r["loss"] for s, r in metrics.read_metrics(str(tmp_path / "reference"), "train").items()}
-  got = {s: r["loss"] for s, r in metrics.read_metrics(str(tmp_path / "resumed"), "train").items()}
+  ref, got = losses(tmp_path / "reference"), losses(tmp_path / "resumed")
   assert sorted(ref) == list(range(1, 7)) and got == ref
   assert resumed["eval_loss"] == reference["eval_loss"]
 
@@ -244,5 +227,5 @@ def test_guide_and_weight_selection_on_an_fsdp_mesh_equal_one_device_in_the_trai
 ])
 def test_bad_pod_knobs_fail_clearly_and_write_nothing(tmp_path, binding, message):
   with pytest.raises(ValueError, match=message):
-    _train(MICRO, _bindings(tmp_path / "run", **binding))
+    run_train(MICRO, _bindings(tmp_path / "run", **binding))
   assert not (tmp_path / "run").exists()

@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.traverse_util import unflatten_dict
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from guide_jax import model, sharding
@@ -205,17 +206,6 @@ def _shardings(config: ModelConfig, scan: bool, mesh):
   return sharding.logical_to_sharding(specs, mesh, _RULES, shapes=shapes)
 
 
-def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
-  out: Dict[str, Any] = {}
-  for path, value in flat.items():
-    node = out
-    *parents, leaf = path.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return out
-
-
 def read(items: str, described: configs.Described, scan: bool, mesh=None):
   """guide_jax params of a described checkpoint (describe's result). With a mesh, each MaxText
   array is restored by orbax straight onto a sharding of its own layout (each process reads only
@@ -234,7 +224,8 @@ def read(items: str, described: configs.Described, scan: bool, mesh=None):
     item = {p: jax.ShapeDtypeStruct(s, dtype, sharding=shardings[p]) for p, s in shapes.items()}
   try:
     restored = ocp.PyTreeCheckpointer().restore(items, args=ocp.args.PyTreeRestore(
-        item={"params": {"params": _nest(item)}}, restore_args={"params": {"params": _nest(args)}},
+        item={"params": {"params": unflatten_dict(item, sep="/")}},
+        restore_args={"params": {"params": unflatten_dict(args, sep="/")}},
         partial_restore=True))
   except Exception as e:  # orbax raises many types for truncated / corrupt files
     raise MaxTextCheckpointError(f"MaxText checkpoint {items} is corrupt or incomplete: "
@@ -259,7 +250,7 @@ def read(items: str, described: configs.Described, scan: bool, mesh=None):
       values = programs[key](x)
     del x
     out.update(zip(ours, values))
-  return _nest(out)
+  return unflatten_dict(out, sep="/")
 
 
 # ----------------------------------------------------------------------------------------- write
@@ -326,7 +317,7 @@ def write(root: str, params, config: ModelConfig, *, scan_layers: bool = True, d
   mngr = ocp.CheckpointManager(root, item_names=(ITEMS,), item_handlers={ITEMS: handler}, options=options)
   try:
     mngr.save(int(step), args=ocp.args.Composite(**{ITEMS: ocp.args.PyTreeSave(
-        {"params": {"params": _nest(tree)}, "step": np.int64(step)})}), force=True,
+        {"params": {"params": unflatten_dict(tree, sep="/")}, "step": np.int64(step)})}), force=True,
               custom_metadata={"scan_layers": bool(scan_layers)})
     mngr.wait_until_finished()
   finally:

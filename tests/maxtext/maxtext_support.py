@@ -14,7 +14,7 @@ from guide_jax import maxtext_compat, model, sharding, teachers
 from guide_jax.transforms import validate  # noqa: F401  (the tests' flatten)
 
 import maxtext  # noqa: E402  (the tier's venv has MaxText's src on its path)
-from flax import nnx  # noqa: E402
+from flax import nnx, traverse_util  # noqa: E402
 from maxtext.checkpoint_conversion.utils.utils import save_weights_to_checkpoint  # noqa: E402
 from maxtext.common import checkpointing  # noqa: E402
 from maxtext.configs import pyconfig  # noqa: E402
@@ -106,14 +106,7 @@ def abstract(cfg):
 
 def nest(flat: Dict[str, np.ndarray]) -> Dict:
   """{'a/b/c': x} -> {'a': {'b': {'c': x}}} (validate.flatten's inverse)."""
-  tree: Dict = {}
-  for key, x in flat.items():
-    *parents, leaf = key.split("/")
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = x
-  return tree
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def params_of(mx_model):
